@@ -1,0 +1,167 @@
+"""pykka on gevent: the runtime pykka 4 no longer ships.
+
+pykka 3.0 removed ``pykka.gevent`` (jodal/pykka#111). pykka still defines
+three runtime hooks, ``_create_actor_inbox``, ``_create_future`` and
+``_start_actor_loop``; this module fills them with a gevent queue, a future
+on ``gevent.event.AsyncResult`` and ``gevent.spawn``. The hooks are private
+API, so pykka is pinned in setup.cfg and ``tests/test_runtime.py`` fails if
+they change.
+
+Two more holes are closed here, because every actor of ours needs them:
+
+* **A BaseException in a handler must not stop the process's actors.**
+  pykka catches ``BaseException`` around a handler and calls
+  ``ActorRegistry.stop_all()``; ``gevent.Timeout`` and ``GreenletExit`` are
+  BaseExceptions. ``GeventActor._handle_receive`` turns them into
+  :class:`HandlerTimeout` / :class:`ActorKilled`, ordinary exceptions that
+  fail only this actor (``on_failure`` for a tell, the caller's future for
+  an ask).
+* **Actors that are not in pykka's registry.** The registry is a list
+  searched linearly; with 50,000 connections registered, starting and
+  stopping an actor falls to about 150/s (../shared/NOTES.md). Classes with
+  ``registered = False`` skip it; whoever starts them keeps the reference.
+
+Greenlet death outside a handler (killed while idle, an exception escaping
+``on_start``) is observed with ``Greenlet.link``: ``on_greenlet_exit`` runs
+and the actor is marked stopped, so it never lingers as a zombie that still
+looks alive. ``supervision.py`` builds on that hook.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import gevent
+import gevent.event
+import gevent.queue
+import pykka
+from gevent import Greenlet, GreenletExit
+
+__all__ = ["ActorKilled", "GeventActor", "GeventFuture", "HandlerTimeout"]
+
+
+class HandlerTimeout(Exception):
+    """A ``gevent.Timeout`` escaped a message handler."""
+
+
+class ActorKilled(Exception):
+    """The actor's greenlet was killed while it handled a message."""
+
+
+class GeventFuture(pykka.Future[Any]):
+    """A pykka future backed by ``gevent.event.AsyncResult``."""
+
+    __slots__ = ("async_result",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.async_result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        try:
+            return super().get(timeout=timeout)
+        except NotImplementedError:
+            pass
+        try:
+            return self.async_result.get(timeout=timeout)
+        except gevent.Timeout as exc:
+            raise pykka.Timeout(f"{timeout} seconds") from exc
+
+    def set(self, value: Any | None = None) -> None:
+        self.async_result.set(value)
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        self.async_result.set_exception(exc_info[1], exc_info=exc_info)
+
+
+class GeventActor(pykka.Actor):
+    """Base class of every actor in the gateway.
+
+    Subclasses set ``registered = False`` to stay out of pykka's registry.
+    """
+
+    registered: ClassVar[bool] = True
+    actor_greenlet: Greenlet | None = None
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Any]:
+        if cls.registered:
+            return super().start(*args, **kwargs)
+        obj = cls(*args, **kwargs)
+        obj._start_actor_loop()
+        return obj.actor_ref
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return gevent.queue.SimpleQueue()
+
+    @staticmethod
+    def _create_future() -> GeventFuture:
+        return GeventFuture()
+
+    def _start_actor_loop(self) -> None:
+        greenlet = Greenlet(self._actor_loop)
+        greenlet.link(self._greenlet_exited)
+        self.actor_greenlet = greenlet
+        greenlet.start()
+
+    def _stop(self) -> None:
+        if self.registered:
+            super()._stop()
+            return
+        # pykka's _stop() would scan the registry for an actor never put in it.
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except Exception:
+            self._handle_failure(*sys.exc_info())
+
+    def _handle_failure(self, *exc_info: Any) -> None:
+        if self.registered:
+            super()._handle_failure(*exc_info)
+        else:
+            pykka._actor.logger.error(f"Unhandled exception in {self}:", exc_info=exc_info)
+            self.actor_stopped.set()
+
+    def _handle_receive(self, message: Any) -> Any:
+        try:
+            return super()._handle_receive(message)
+        except gevent.Timeout as exc:
+            raise HandlerTimeout(str(exc) or repr(exc)) from exc
+        except GreenletExit as exc:
+            self.actor_stopped.set()
+            raise ActorKilled(f"{type(self).__name__} greenlet killed") from exc
+
+    def _greenlet_exited(self, greenlet: Greenlet) -> None:
+        if not self.actor_stopped.is_set():
+            # Killed while idle, or a BaseException escaped on_start/on_stop:
+            # pykka never noticed, so the actor would look alive forever.
+            self.actor_stopped.set()
+            if self.registered:
+                pykka.ActorRegistry.unregister(self.actor_ref)
+            self._drain_inbox()
+            self.on_greenlet_exit(greenlet, abnormal=True)
+        else:
+            self.on_greenlet_exit(greenlet, abnormal=False)
+
+    def _drain_inbox(self) -> None:
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception(
+                    exc_info=(
+                        pykka.ActorDeadError,
+                        pykka.ActorDeadError(f"{self.actor_ref} died before handling the message"),
+                        None,
+                    )
+                )
+
+    def on_greenlet_exit(self, greenlet: Greenlet, *, abnormal: bool) -> None:
+        """Called in the hub when the actor's greenlet has ended.
+
+        ``abnormal`` is true when the actor did not stop through pykka (its
+        greenlet was killed or a BaseException escaped a lifecycle hook).
+        """
