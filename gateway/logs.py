@@ -1,0 +1,100 @@
+"""The one logging setup: readable text by default, JSON lines with ``LOG_FORMAT=json``.
+
+Every handler carries :class:`RedactingFilter`, so no token, ``?token=``
+query string or bearer subprotocol reaches a log line, whoever logs it
+(our code, pywsgi, gevent-websocket, pykka).
+
+Structured fields: pass ``extra={"fields": {...}}``; the text format prints
+them as ``key=value`` pairs after the message, the JSON format as keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any
+
+__all__ = ["RedactingFilter", "configure_logging", "redact"]
+
+_SECRET_PATTERNS = (
+    # ?token=... / &token=... in a URL or request line
+    (re.compile(r"([?&](?:token|access_token|jwt)=)[^&\s\"']+", re.IGNORECASE), r"\1[redacted]"),
+    # bearer.<token> subprotocol values and Authorization headers
+    (re.compile(r"(bearer[.\s]+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1[redacted]"),
+    # anything shaped like a JWT: three base64url segments, the first starting eyJ
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+)
+
+
+def redact(text: str) -> str:
+    """Remove tokens from ``text``."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message (arguments merged) without secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        return redact(text)
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            payload.update(fields)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(payload, default=str))
+
+
+def configure_logging(env: dict[str, str] | None = None, stream: Any = None) -> None:
+    """Install the root handler from ``LOG_FORMAT`` (text|json) and ``LOG_LEVEL``."""
+    env = dict(os.environ) if env is None else env
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    json_format = env.get("LOG_FORMAT", "text").lower() == "json"
+    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(env.get("LOG_LEVEL", "INFO").upper())
+    # pykka logs tracebacks at ERROR (kept) and "Stopping all actors" at DEBUG.
+    logging.getLogger("pykka").setLevel(logging.WARNING)
+    # gevent-websocket logs rejected handshakes, query string included, at INFO.
+    logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)

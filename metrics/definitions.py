@@ -1,0 +1,62 @@
+"""Every metric the gateway exports, in one place.
+
+Label values are bounded: channel names, message types, close codes,
+reasons from fixed tables, child kinds and static child ids. Never a user
+id, a token or a client-chosen symbol.
+
+Metrics live in the :data:`REGISTRY` passed around at start-up; tests build
+their own with :func:`build` and read ``registry.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "build"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    # --- gateway core -------------------------------------------------------
+    connections: Gauge
+    connections_opened: Counter
+    closes_sent: Counter
+    auth_failures: Counter
+    handshake_seconds: Histogram
+    subscriptions: Gauge
+    messages_received: Counter
+    messages_sent: Counter
+    bytes_sent: Counter
+    messages_dropped: Counter
+    errors_sent: Counter
+    publications: Counter
+    # --- supervision (section owned by supervision.py) ----------------------
+    # --- market data (section owned by actors/exchange_stream.py) -----------
+
+
+def build(registry: CollectorRegistry | None = None) -> Metrics:
+    r = registry or CollectorRegistry()
+    m = dict(
+        registry=r,
+        connections=Gauge("ws_connections", "Open WebSocket connections by state", ["state"], registry=r),
+        connections_opened=Counter("ws_connections_opened", "WebSocket connections accepted", registry=r),
+        closes_sent=Counter("ws_close_codes", "Close frames sent by code", ["code"], registry=r),
+        auth_failures=Counter("ws_auth_failures", "Rejected authentications by reason", ["reason"], registry=r),
+        handshake_seconds=Histogram(
+            "ws_handshake_seconds", "Upgrade request to connection message queued", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        ),
+        subscriptions=Gauge("ws_subscriptions", "Active subscriptions by channel", ["channel"], registry=r),
+        messages_received=Counter("ws_messages_received", "Client messages by type", ["type"], registry=r),
+        messages_sent=Counter("ws_messages_sent", "Messages queued to clients by channel and type",
+                              ["channel", "type"], registry=r),
+        bytes_sent=Counter("ws_bytes_sent", "Bytes written to client sockets", registry=r),
+        messages_dropped=Counter("ws_messages_dropped", "Messages not delivered, by reason", ["reason"], registry=r),
+        errors_sent=Counter("ws_errors_sent", "error messages sent by code", ["code"], registry=r),
+        publications=Counter("ws_publications", "Publications accepted by channel", ["channel"], registry=r),
+    )
+    names = {f.name for f in fields(Metrics)}
+    return Metrics(**{k: v for k, v in m.items() if k in names})
