@@ -1,0 +1,205 @@
+"""ConnectionActor: one per client connection; owns its subscriptions.
+
+Takes: :class:`Inbound` (a parsed client message), :class:`Rejected` (a
+message that failed to parse), :class:`CloseConnection`,
+:class:`Disconnected`.
+Sends: ``Join``/``Leave`` to channel actors through the hub, ``Publish`` to
+the ``bot-commands`` channel; replies to the client go into its outbox.
+
+The socket reader (``gateway/server.py``) turns frames into these messages;
+the outbox's writer greenlet is the only code that writes the socket. The
+actor is never restarted: when it fails, the connection is closed with 1011
+and the client reconnects (``supervision.py`` counts the failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from actors.messages import CloseConnection, Disconnected, Inbound, Publish, Rejected
+from actors.runtime import GeventActor
+from gateway.auth import AuthError
+from protocol.channels import SERVICE_CHANNELS, Channel, ChannelKey, keys_for
+from protocol.close_codes import CLOSE_CODES, CloseCode
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (
+    BotCommand,
+    Ping,
+    Refresh,
+    Subscribe,
+    Unsubscribe,
+    bot_command_ack_message,
+    error_message,
+    pong_message,
+    refreshed_message,
+    subscribed_message,
+    unsubscribed_message,
+)
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub, Session
+    from gateway.server import Gateway
+    from transport.socket import WebSocketConnection
+
+__all__ = ["ConnectionActor"]
+
+log = logging.getLogger("gateway.connection")
+
+# More errors than this within the window closes the connection with 4003.
+ERROR_BUDGET = 20
+ERROR_WINDOW = 10.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ConnectionActor(GeventActor):
+    registered = False  # the hub's dicts track connections, not pykka's linear registry
+
+    def __init__(self, gateway: Gateway, session: Session, conn: WebSocketConnection) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.hub: Hub = gateway.hub
+        self.session = session
+        self.conn = conn
+        self.principal = session.principal
+        self.subscriptions: dict[tuple[Channel, Any], list[ChannelKey]] = {}
+        self._errors: deque[float] = deque()
+        self._closed = False
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _send(self, text: str) -> None:
+        self.conn.send_text(text)
+
+    def _error(self, code: ErrorCode, message: str, *, request_id: str | None = None,
+               channel: str | None = None) -> None:
+        self.gateway.metrics.errors_sent.labels(code.value).inc()
+        self._send(error_message(code, message, request_id=request_id, channel=channel))
+        now = time.monotonic()
+        self._errors.append(now)
+        while self._errors and self._errors[0] < now - ERROR_WINDOW:
+            self._errors.popleft()
+        if len(self._errors) > ERROR_BUDGET:
+            self._close(CloseCode.RATE_LIMITED)
+
+    def _close(self, code: CloseCode, reason: str | None = None, *, discard_pending: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.gateway.metrics.closes_sent.labels(str(int(code))).inc()
+        self.conn.close(int(code), reason or CLOSE_CODES[code].reason, discard_pending=discard_pending)
+
+    # -- messages ----------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Inbound):
+            self._handle(message.message)
+        elif isinstance(message, Rejected):
+            err = message.error
+            self._error(err.code, err.message, request_id=err.request_id, channel=err.channel)
+        elif isinstance(message, CloseConnection):
+            self._close(CloseCode(message.code), message.reason, discard_pending=message.discard_pending)
+        elif isinstance(message, Disconnected):
+            self.stop()
+        else:
+            super().on_receive(message)
+
+    def on_stop(self) -> None:
+        self.hub.close_session(self.session)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        log.error("connection actor failed", exc_info=(exc_type, exc, tb),
+                  extra={"fields": {"session": self.session.session_id}})
+        self._close(CloseCode.INTERNAL_ERROR)
+        self.hub.close_session(self.session)
+
+    def _handle(self, msg: Any) -> None:
+        self.gateway.metrics.messages_received.labels(type(msg).__name__).inc()
+        if isinstance(msg, Subscribe):
+            self._subscribe(msg)
+        elif isinstance(msg, Unsubscribe):
+            self._unsubscribe(msg)
+        elif isinstance(msg, Ping):
+            self._send(pong_message(msg.data, _now_ms(), msg.request_id))
+        elif isinstance(msg, Refresh):
+            self._refresh(msg)
+        elif isinstance(msg, BotCommand):
+            self._bot_command(msg)
+
+    def _subscribe(self, msg: Subscribe) -> None:
+        channel, params = msg.channel, msg.params
+        if channel in SERVICE_CHANNELS and not self.principal.is_service:
+            self._error(ErrorCode.FORBIDDEN, f"{channel.value} is for platform services only",
+                        request_id=msg.request_id, channel=channel.value)
+            return
+        ident = (channel, params)
+        if ident in self.subscriptions:
+            # Twice is harmless: confirm again, change nothing.
+            self._send(subscribed_message(channel, params, msg.request_id, already=True))
+            return
+        keys = keys_for(channel, params, self.principal.user_id)
+        limit = self.gateway.settings.max_channels_per_connection
+        if len(self.session.channels) + len(keys) > limit:
+            self._error(ErrorCode.TOO_MANY_CHANNELS, f"at most {limit} channels per connection",
+                        request_id=msg.request_id, channel=channel.value)
+            return
+        self.subscriptions[ident] = keys
+        # The confirmation goes first, so it precedes the retained value and live data.
+        self._send(subscribed_message(channel, params, msg.request_id))
+        for key in keys:
+            self.hub.join(self.session, key)
+        self.gateway.on_subscribed(self, channel, params, keys)
+
+    def _unsubscribe(self, msg: Unsubscribe) -> None:
+        keys = self.subscriptions.pop((msg.channel, msg.params), None)
+        if keys is None:
+            self._error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {msg.channel.value}",
+                        request_id=msg.request_id, channel=msg.channel.value)
+            return
+        for key in keys:
+            self.hub.leave(self.session, key)
+        self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id))
+
+    def _refresh(self, msg: Refresh) -> None:
+        try:
+            principal = self.gateway.settings.authenticator.verify(msg.token)
+        except AuthError as exc:
+            self.gateway.metrics.auth_failures.labels(f"refresh_{exc.reason}").inc()
+            self._error(ErrorCode.INVALID_TOKEN, exc.message, request_id=msg.request_id)
+            return
+        if principal.user_id != self.principal.user_id:
+            self._error(ErrorCode.TOKEN_SUBJECT_MISMATCH, "the new token is for another user",
+                        request_id=msg.request_id)
+            return
+        self.principal = principal
+        self.session.principal = principal
+        self._send(refreshed_message(int(principal.expires_at * 1000), msg.request_id))
+
+    def check_expiry(self, now: float) -> None:
+        """Close with 4000 once the token is past its expiry (plus leeway)."""
+        if now > self.principal.expires_at + self.gateway.settings.authenticator.leeway:
+            self._close(CloseCode.TOKEN_EXPIRED)
+
+    def _bot_command(self, msg: BotCommand) -> None:
+        bots = self.principal.bots
+        if bots is not None and msg.bot_id not in bots:
+            self._error(ErrorCode.FORBIDDEN, f"bot {msg.bot_id[:40]!r} does not belong to this user",
+                        request_id=msg.request_id)
+            return
+        key = ChannelKey(Channel.BOT_COMMANDS.value)
+        services = self.hub.subscribers(key)
+        if not services:
+            self._error(ErrorCode.NO_SERVICE, "no bot service is connected; try again later",
+                        request_id=msg.request_id)
+            return
+        command_id = uuid.uuid4().hex
+        data = {"commandId": command_id, "userId": self.principal.user_id, "botId": msg.bot_id,
+                "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
+        self.hub.publish(key, Publish(data, _now_ms()))
+        self._send(bot_command_ack_message(command_id, services, msg.request_id))

@@ -1,0 +1,91 @@
+"""Typed messages between the gateway's actors (all ``tell``).
+
+Frozen, slotted dataclasses. Data frames never travel as messages to a
+connection: channels push ready-made frame bytes into the connection's
+bounded outbox (``transport/socket.py``), which is the per-client queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.channels import ChannelKey
+from protocol.errors import ProtocolError
+from protocol.messages import ClientMessage
+from transport.socket import Outbox
+
+# --- to a connection actor (from its socket reader, the hub, channels) --------
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A parsed client message."""
+
+    message: ClientMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A client message that failed to parse; answered with ``error``."""
+
+    error: ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The socket is gone (the reader saw the close or the loss)."""
+
+    code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close the socket with ``code`` (from the close-code table)."""
+
+    code: int
+    reason: str
+    discard_pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGone:
+    """A channel this connection is subscribed to failed; re-join through the hub."""
+
+    key: ChannelKey
+
+
+# --- to a channel actor --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    session_id: str
+    outbox: Outbox
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``data`` to every subscriber; ``ts`` is the server time in ms.
+
+    ``extra`` adds top-level fields to the data message (``symbol`` and
+    ``stream`` for market data). ``retain`` keeps the frame as the channel's
+    latest value, sent at once to each new subscriber (tickers, books).
+    """
+
+    data: Any
+    ts: int
+    extra: dict[str, Any] | None = None
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IdleCheck:
+    """Sent by the channel to itself after its last subscriber left."""
+
+    generation: int

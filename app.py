@@ -1,0 +1,132 @@
+"""Start the gateway: ``python app.py`` (settings from the environment, see README.md).
+
+The composition root: builds the hub, the gateway, the HTTP app and the
+pywsgi server on one port, installs signal handlers, and serves until
+SIGTERM/SIGINT.
+"""
+
+from gevent import monkey
+
+# websocket-client (the exchange streams) uses the socket module: patch it
+# before anything imports socket, threading or ssl.
+monkey.patch_all()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from gateway.auth import Authenticator  # noqa: E402
+from gateway.config import ConfigError, Settings  # noqa: E402
+from gateway.http import create_app  # noqa: E402
+from gateway.hub import Hub  # noqa: E402
+from gateway.logs import configure_logging  # noqa: E402
+from gateway.server import Gateway  # noqa: E402
+from metrics.definitions import build as build_metrics  # noqa: E402
+from protocol.close_codes import CloseCode  # noqa: E402
+from transport.handler import GatewayHandler  # noqa: E402
+
+log = logging.getLogger("gateway")
+
+DEMO_SECRET_FILE = Path(".demo") / "jwt_secret"
+
+
+@dataclass
+class System:
+    settings: Settings
+    gateway: Gateway
+    server: WSGIServer
+    stopping: bool = False
+    extras: list[Any] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def start(self) -> None:
+        self.server.start()
+        self.gateway.start_sweeper()
+
+    def shutdown(self, exit_code: int = 0) -> None:
+        """Drain: health 503, refuse new connections, close clients with 1001, stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        self.gateway.draining = True
+        log.info("shutting down: closing connections", extra={"fields": {
+            "connections": len(self.gateway.hub.sessions)}})
+        self.server.close()  # stop accepting; open connections keep their greenlets
+        self.gateway.close_all(CloseCode.GOING_AWAY)
+        while self.gateway.hub.sessions and time.monotonic() < deadline - 1.0:
+            gevent.sleep(0.05)
+        for extra in reversed(self.extras):
+            extra.stop()
+        self.server.stop(timeout=max(0.1, deadline - time.monotonic()))
+        log.info("stopped", extra={"fields": {"exit_code": exit_code}})
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    """In demo mode, keep the generated key in .demo/ so `make token` can mint for it."""
+    from dataclasses import replace
+
+    DEMO_SECRET_FILE.parent.mkdir(exist_ok=True)
+    if DEMO_SECRET_FILE.exists():
+        secret = DEMO_SECRET_FILE.read_text().strip()
+    else:
+        secret = settings.authenticator.signing_key
+        DEMO_SECRET_FILE.write_text(secret)
+        os.chmod(DEMO_SECRET_FILE, 0o600)
+    auth = settings.authenticator
+    return replace(settings, authenticator=Authenticator(
+        secret, auth.algorithms, auth.audience, auth.issuer, auth.leeway, signing_key=secret))
+
+
+def build(settings: Settings) -> System:
+    metrics = build_metrics()
+    hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user)
+    gateway = Gateway(settings, metrics, hub)
+    app = create_app(gateway)
+    server = WSGIServer((settings.host, settings.port), app, handler_class=GatewayHandler, log=None,
+                        error_log=logging.getLogger("gateway.wsgi"))
+    server.gateway = gateway
+    server.handshake_timeout = settings.connection_timeout
+    gateway.server = server
+    return System(settings, gateway, server)
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        log.critical("cannot start: %s", exc)
+        return 2
+    if settings.demo_mode and not os.environ.get("JWT_SECRET"):
+        settings = _demo_settings(settings)
+    system = build(settings)
+    system.start()
+    log.info("listening on http://%s:%d (websocket path %s)%s", settings.host, system.port, settings.ws_path,
+             " demo mode: mint a token with `make token USER=alice` or POST /api/demo/token"
+             if settings.demo_mode else "")
+    done = gevent.event.Event()
+
+    def on_signal(signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        gevent.spawn(lambda: (system.shutdown(), done.set()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal, signum)
+    done.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

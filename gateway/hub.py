@@ -1,0 +1,167 @@
+"""The hub: the directory of connections and channels.
+
+A plain object, not an actor: gevent runs one greenlet at a time, and none of
+these methods yields, so a check-then-act here (the per-user connection
+limit) is atomic — when many connections of one user arrive together,
+exactly the limit succeed. Lookups are dicts, whatever the number of
+connections (pykka's registry is a list searched linearly, NOTES.md).
+
+Channel actors are started on the first subscribe and remove themselves
+after their last subscriber has been gone for a grace period.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.channel import ChannelActor
+from actors.messages import Join, Leave, Publish
+from gateway.auth import Principal
+from metrics.definitions import Metrics
+from protocol.channels import ChannelKey
+from transport.socket import Outbox
+
+__all__ = ["ConnectionLimitExceeded", "Hub", "Session"]
+
+
+class ConnectionLimitExceeded(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Session:
+    session_id: str
+    principal: Principal
+    outbox: Outbox
+    conn: Any = None
+    actor: Any = None
+    opened_at: float = 0.0
+    channels: set[ChannelKey] = field(default_factory=set)
+
+
+def _public_name(key: ChannelKey) -> str:
+    # "market-data.bybit.spot.BTCUSDT.ticker" -> "market-data"; "trades#alice" -> "trades"
+    if key.startswith("market-data."):
+        return "market-data"
+    return key.split("#", 1)[0]
+
+
+class Hub:
+    def __init__(self, metrics: Metrics, *, max_connections_per_user: int, channel_idle_grace: float = 30.0):
+        self.metrics = metrics
+        self.max_connections_per_user = max_connections_per_user
+        self.channel_idle_grace = channel_idle_grace
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[str]] = defaultdict(set)
+        self.channels: dict[ChannelKey, pykka.ActorRef[Any]] = {}
+        self.subscriber_counts: dict[ChannelKey, int] = {}
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+        self.on_channel_count: list[Callable[[ChannelKey, int], None]] = []
+
+    # -- connections -----------------------------------------------------------
+
+    def open_session(self, principal: Principal, outbox: Outbox, now: float) -> Session:
+        """Register a connection, or raise ConnectionLimitExceeded (atomic: no yield)."""
+        user_sessions = self.by_user[principal.user_id]
+        if len(user_sessions) >= self.max_connections_per_user and not principal.is_service:
+            if not user_sessions:
+                del self.by_user[principal.user_id]
+            raise ConnectionLimitExceeded(principal.user_id)
+        session = Session(f"{self._prefix}-{next(self._ids)}", principal, outbox, opened_at=now)
+        self.sessions[session.session_id] = session
+        user_sessions.add(session.session_id)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        if self.sessions.pop(session.session_id, None) is None:
+            return
+        for key in list(session.channels):
+            self.leave(session, key)
+        users = self.by_user.get(session.principal.user_id)
+        if users is not None:
+            users.discard(session.session_id)
+            if not users:
+                del self.by_user[session.principal.user_id]
+
+    # -- channels --------------------------------------------------------------
+
+    def channel(self, key: ChannelKey) -> pykka.ActorRef[Any]:
+        ref = self.channels.get(key)
+        if ref is None or not ref.is_alive():
+            sent = self.metrics.messages_sent.labels(_public_name(key), "data")
+            ref = ChannelActor.start(
+                key, _public_name(key), on_idle=self._channel_idle, on_count=self._channel_count,
+                sent_counter=sent, idle_grace=self.channel_idle_grace,
+            )
+            self.channels[key] = ref
+        return ref
+
+    def existing_channel(self, key: ChannelKey) -> pykka.ActorRef[Any] | None:
+        ref = self.channels.get(key)
+        return ref if ref is not None and ref.is_alive() else None
+
+    def join(self, session: Session, key: ChannelKey) -> None:
+        session.channels.add(key)
+        for _ in range(2):
+            try:
+                self.channel(key).tell(Join(session.session_id, session.outbox))
+                return
+            except pykka.ActorDeadError:
+                self.channels.pop(key, None)
+        raise RuntimeError(f"cannot start channel {key}")
+
+    def leave(self, session: Session, key: ChannelKey) -> None:
+        session.channels.discard(key)
+        ref = self.existing_channel(key)
+        if ref is not None:
+            try:
+                ref.tell(Leave(session.session_id))
+            except pykka.ActorDeadError:
+                pass
+
+    def publish(self, key: ChannelKey, message: Publish) -> bool:
+        """Tell the channel to publish; False when nobody has ever subscribed to it."""
+        ref = self.existing_channel(key)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def subscribers(self, key: ChannelKey) -> int:
+        return self.subscriber_counts.get(key, 0)
+
+    def _channel_count(self, key: ChannelKey, count: int) -> None:
+        if count:
+            self.subscriber_counts[key] = count
+        else:
+            self.subscriber_counts.pop(key, None)
+        for callback in self.on_channel_count:
+            callback(key, count)
+
+    def _channel_idle(self, key: ChannelKey, ref: Any) -> None:
+        if self.channels.get(key) is ref:
+            del self.channels[key]
+
+    # -- stats -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        by_channel: dict[str, int] = defaultdict(int)
+        for key, count in self.subscriber_counts.items():
+            by_channel[_public_name(key)] += count
+        return {
+            "connections": len(self.sessions),
+            "channels": len(self.subscriber_counts),
+            "connectionsByChannel": dict(by_channel),
+            "connectionsByUser": {user: len(ids) for user, ids in self.by_user.items()},
+        }

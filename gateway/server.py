@@ -1,0 +1,251 @@
+"""The gateway: admission before the upgrade, one reader loop per connection, liveness.
+
+``Gateway.admit`` runs before the 101 (origin allow-list, JWT); a refusal is
+an HTTP answer (403, 401). ``Gateway.serve`` runs in the pywsgi handler's
+greenlet after the 101: it registers the session with the hub (per-user
+limit → close 4503), starts the connection actor, sends the ``connection``
+message, then reads frames and tells the actor what they say. One sweeper
+greenlet does liveness for every connection: protocol pings every
+heartbeat interval, close 4002 after the silence timeout, close 4000 when a
+token expires without a refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import gevent
+import pykka
+from gevent.pywsgi import WSGIServer
+
+from actors.connection import ConnectionActor
+from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
+from gateway.auth import AuthError, Principal
+from gateway.config import Settings
+from gateway.hub import ConnectionLimitExceeded, Hub, Session
+from metrics.definitions import Metrics
+from protocol.close_codes import CLOSE_CODES, CloseCode
+from protocol.errors import ProtocolError
+from protocol.messages import connection_message, parse
+from transport.frames import Opcode, encode_frame
+from transport.handler import GatewayHandler, Rejection
+from transport.socket import ConnectionClosed, WebSocketConnection
+
+__all__ = ["Admission", "Gateway"]
+
+log = logging.getLogger("gateway.server")
+
+SUBPROTOCOL = "trading.v1"
+BEARER_PREFIX = "bearer."
+_PING_FRAME = encode_frame(Opcode.PING, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    principal: Principal
+    protocol: str | None
+    started: float
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: Metrics, hub: Hub) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.hub = hub
+        self.ws_path = settings.ws_path
+        self.draining = False
+        self.subscribe_listeners: list[Any] = []
+        self._sweeper: gevent.Greenlet | None = None
+        self.server: WSGIServer | None = None
+
+    # -- before the upgrade ------------------------------------------------------
+
+    def admit(self, environ: dict[str, Any]) -> Admission:
+        started = time.perf_counter()
+        if self.draining:
+            raise Rejection("503 Service Unavailable", "shutting_down", "the gateway is shutting down")
+        origin = environ.get("HTTP_ORIGIN")
+        allowed = self.settings.allowed_origins
+        if allowed and origin not in allowed:
+            self.metrics.auth_failures.labels("origin").inc()
+            raise Rejection("403 Forbidden", "origin_not_allowed", "this origin may not connect")
+        token, protocol = self._token(environ)
+        try:
+            principal = self.settings.authenticator.verify(token)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(exc.reason).inc()
+            raise Rejection("401 Unauthorized", f"token_{exc.reason}", exc.message) from None
+        return Admission(principal, protocol, started)
+
+    @staticmethod
+    def _token(environ: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The token from ``?token=`` or a ``bearer.<jwt>`` subprotocol, and the subprotocol to echo.
+
+        The server echoes ``trading.v1`` when offered, never the bearer value
+        (that would put the token in a response header).
+        """
+        offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
+        token = None
+        for value in offered:
+            if value.startswith(BEARER_PREFIX):
+                token = value[len(BEARER_PREFIX):]
+        protocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        if token is None:
+            values = parse_qs(environ.get("QUERY_STRING", "")).get("token")
+            token = values[0] if values else None
+        return token, protocol
+
+    # -- after the upgrade ---------------------------------------------------------
+
+    def make_connection(self, sock: socket.socket, rfile: Any, *, max_message_size: int | None = None) -> WebSocketConnection:
+        s = self.settings
+        metric = self.metrics.bytes_sent
+        return WebSocketConnection(
+            sock, rfile,
+            max_message_size=max_message_size or s.max_message_size,
+            max_queue_bytes=s.max_queue_bytes,
+            write_timeout=s.write_timeout,
+            on_written=metric.inc,
+        )
+
+    def serve(self, conn: WebSocketConnection, admission: Admission, environ: dict[str, Any]) -> None:
+        if environ.get("PATH_INFO") == "/ws-echo":
+            self._serve_echo(conn)
+            return
+        principal = admission.principal
+        try:
+            session = self.hub.open_session(principal, conn.outbox, time.time())
+        except ConnectionLimitExceeded:
+            self._refuse(conn, CloseCode.CONNECTION_LIMIT,
+                         f"at most {self.settings.max_connections_per_user} connections per user")
+            return
+        session.conn = conn
+        actor = ConnectionActor.start(self, session, conn)
+        session.actor = actor
+        conn.outbox.on_overflow = lambda: self._slow_consumer(actor)
+        self.metrics.connections.labels("open").inc()
+        self.metrics.connections_opened.inc()
+        conn.send_text(connection_message(
+            session_id=session.session_id, user_id=principal.user_id, server_time=int(time.time() * 1000),
+            heartbeat_ms=int(self.settings.heartbeat_interval * 1000),
+            expires_at=int(principal.expires_at * 1000),
+            limits={
+                "maxConnectionsPerUser": self.settings.max_connections_per_user,
+                "maxChannels": self.settings.max_channels_per_connection,
+                "maxMessageSize": self.settings.max_message_size,
+            },
+        ))
+        self.metrics.handshake_seconds.observe(time.perf_counter() - admission.started)
+        code = None
+        try:
+            self._read_loop(conn, actor)
+        except ConnectionClosed as closed:
+            code = closed.code
+        finally:
+            self.metrics.connections.labels("open").dec()
+            try:
+                actor.tell(Disconnected(code))
+            except pykka.ActorDeadError:
+                pass
+            # Idempotent: also cleans up when the actor already died.
+            self.hub.close_session(session)
+            conn.outbox.closed.wait(conn.close_timeout)
+            conn.outbox.abort()
+
+    def _read_loop(self, conn: WebSocketConnection, actor: pykka.ActorRef[Any]) -> None:
+        while True:
+            message = conn.receive()
+            if isinstance(message, (bytes, bytearray)):
+                actor.tell(CloseConnection(CloseCode.UNSUPPORTED_DATA, CLOSE_CODES[CloseCode.UNSUPPORTED_DATA].reason))
+                continue
+            try:
+                parsed = parse(message)
+            except ProtocolError as exc:
+                actor.tell(Rejected(exc))
+                continue
+            actor.tell(Inbound(parsed))
+
+    def _refuse(self, conn: WebSocketConnection, code: CloseCode, reason: str) -> None:
+        self.metrics.closes_sent.labels(str(int(code))).inc()
+        conn.close(int(code), reason)
+        conn.wait_closed()
+
+    def _slow_consumer(self, actor: pykka.ActorRef[Any]) -> None:
+        self.metrics.messages_dropped.labels("slow_consumer").inc()
+        try:
+            actor.tell(CloseConnection(CloseCode.SLOW_CONSUMER, CLOSE_CODES[CloseCode.SLOW_CONSUMER].reason,
+                                       discard_pending=True))
+        except pykka.ActorDeadError:
+            pass
+
+    def _serve_echo(self, conn: WebSocketConnection) -> None:
+        """Test-only echo route (GATEWAY_TEST_ECHO=1) for Autobahn|Testsuite."""
+        try:
+            while True:
+                message = conn.receive()
+                opcode = Opcode.BINARY if isinstance(message, (bytes, bytearray)) else Opcode.TEXT
+                payload = bytes(message) if opcode == Opcode.BINARY else message.encode("utf-8")
+                conn.send_frame(encode_frame(opcode, payload))
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.outbox.closed.wait(conn.close_timeout)
+            conn.outbox.abort()
+
+    def on_subscribed(self, actor: ConnectionActor, channel: Any, params: Any, keys: list[Any]) -> None:
+        for listener in self.subscribe_listeners:
+            listener(actor, channel, params, keys)
+
+    # -- liveness ------------------------------------------------------------------
+
+    def start_sweeper(self) -> None:
+        self._sweeper = gevent.spawn(self._sweep_forever)
+
+    def _sweep_forever(self) -> None:
+        s = self.settings
+        tick = max(0.05, min(s.heartbeat_interval, s.silence_timeout) / 4)
+        next_ping = time.monotonic() + s.heartbeat_interval
+        while True:
+            gevent.sleep(tick)
+            ping = time.monotonic() >= next_ping
+            if ping:
+                next_ping += s.heartbeat_interval
+            self.sweep(ping=ping)
+
+    def sweep(self, *, ping: bool) -> None:
+        s = self.settings
+        loop_now = gevent.get_hub().loop.now()
+        wall = time.time()
+        leeway = s.authenticator.leeway
+        for session in list(self.hub.sessions.values()):
+            conn = session.conn
+            if conn is None:
+                continue
+            if loop_now - conn.last_activity > s.silence_timeout:
+                self._tell_close(session, CloseCode.HEARTBEAT_TIMEOUT)
+            elif wall > session.principal.expires_at + leeway:
+                self._tell_close(session, CloseCode.TOKEN_EXPIRED)
+            elif ping:
+                conn.outbox.push_control(_PING_FRAME)
+
+    def _tell_close(self, session: Session, code: CloseCode) -> None:
+        try:
+            session.actor.tell(CloseConnection(code, CLOSE_CODES[code].reason))
+        except pykka.ActorDeadError:
+            pass
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def close_all(self, code: CloseCode, *, batch: int = 500, pause: float = 0.01) -> int:
+        """Close every connection with ``code``, ``batch`` at a time; returns how many."""
+        sessions = list(self.hub.sessions.values())
+        for i, session in enumerate(sessions):
+            self._tell_close(session, code)
+            if i % batch == batch - 1:
+                gevent.sleep(pause)
+        return len(sessions)

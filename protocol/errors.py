@@ -1,0 +1,58 @@
+"""Stable codes of ``error`` messages, and the one exception the parser raises.
+
+An ``error`` message never closes the connection by itself; the close-code
+table (``protocol/close_codes.py``) says when a connection is closed.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["ERROR_MEANINGS", "ErrorCode", "ProtocolError"]
+
+
+class ErrorCode(str, Enum):
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    INVALID_PARAMS = "invalid_params"
+    NOT_SUBSCRIBED = "not_subscribed"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_CHANNELS = "too_many_channels"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_SUBJECT_MISMATCH = "token_subject_mismatch"
+    NO_SERVICE = "no_service"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal_error"
+
+
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_JSON: "The text frame is not a JSON object.",
+    ErrorCode.INVALID_MESSAGE: "A field is missing or has the wrong type.",
+    ErrorCode.UNKNOWN_TYPE: "`type` is not one the gateway accepts.",
+    ErrorCode.UNKNOWN_CHANNEL: "`channel` is not one of the gateway's channels.",
+    ErrorCode.INVALID_PARAMS: "The channel's parameters (`data`) are invalid, e.g. a malformed symbol.",
+    ErrorCode.NOT_SUBSCRIBED: "`unsubscribe` for a channel the connection is not subscribed to.",
+    ErrorCode.FORBIDDEN: "The request tries to reach another user's data or bot.",
+    ErrorCode.TOO_MANY_CHANNELS: "The connection already holds the maximum number of subscriptions.",
+    ErrorCode.INVALID_TOKEN: "A `refresh` token is malformed, forged or expired.",
+    ErrorCode.TOKEN_SUBJECT_MISMATCH: "A `refresh` token belongs to another user (`sub`).",
+    ErrorCode.NO_SERVICE: "No platform service that handles bot commands is connected.",
+    ErrorCode.UPSTREAM_REJECTED: "The exchange rejected the subscription (for example an unknown symbol).",
+    ErrorCode.RATE_LIMITED: "Too many messages; slow down (repeated, this closes with 4003).",
+    ErrorCode.INTERNAL: "The gateway failed to handle the request; retry later.",
+}
+
+
+class ProtocolError(ValueError):
+    """A client message the gateway refuses; ``code`` goes into the ``error`` reply."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None,
+                 channel: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.channel = channel

@@ -1,0 +1,230 @@
+"""The gateway's wire protocol: JSON text frames in, typed messages out.
+
+Pure: no sockets, no actors. ``parse`` turns one client text frame into one
+of the frozen dataclasses below or raises :class:`ProtocolError` with a
+stable code; the ``*_message`` builders return the JSON text the server
+sends. docs/protocol.md shows every message with a real example.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.channels import (
+    PRIVATE_CHANNELS,
+    Channel,
+    MarketParams,
+    parse_market_params,
+)
+from protocol.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "BotCommand",
+    "ClientMessage",
+    "Ping",
+    "Refresh",
+    "Subscribe",
+    "Unsubscribe",
+    "dumps",
+    "error_message",
+    "parse",
+]
+
+MAX_ID_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: Channel
+    params: MarketParams | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: Channel
+    params: MarketParams | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    data: Any = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    token: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BotCommand:
+    bot_id: str
+    command: str
+    params: dict[str, Any]
+    request_id: str | None = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Refresh | BotCommand
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, the one encoder for everything the server sends."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
+
+
+def _request_id(obj: dict[str, Any]) -> str | None:
+    rid = obj.get("id")
+    if rid is None:
+        return None
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or len(str(rid)) > MAX_ID_LENGTH:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"id must be a string or integer of at most {MAX_ID_LENGTH} characters")
+    return str(rid)
+
+
+def _channel(obj: dict[str, Any], rid: str | None) -> Channel:
+    name = obj.get("channel")
+    if not isinstance(name, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "channel must be a string", request_id=rid)
+    try:
+        return Channel(name)
+    except ValueError:
+        raise ProtocolError(ErrorCode.UNKNOWN_CHANNEL, f"unknown channel {name[:40]!r}", request_id=rid) from None
+
+
+def _subscription(obj: dict[str, Any], rid: str | None) -> tuple[Channel, MarketParams | None]:
+    channel = _channel(obj, rid)
+    if channel is not Channel.MARKET_DATA:
+        # Private channels take no parameters: whose data it is comes from the
+        # token. A client naming a user is told so, not silently ignored.
+        data = obj.get("data")
+        if channel in PRIVATE_CHANNELS and isinstance(data, dict) and ("userId" in data or "user" in data):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{channel.value} is private: it always carries "
+                                "the token's own user", request_id=rid, channel=channel.value)
+        return channel, None
+    try:
+        return channel, parse_market_params(obj.get("data"))
+    except ProtocolError as exc:
+        exc.request_id, exc.channel = rid, channel.value
+        raise
+
+
+def parse(text: str) -> ClientMessage:
+    """Parse one client text frame; raises ProtocolError with a stable code."""
+    obj = _loads(text)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
+    rid = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "type must be a string", request_id=rid)
+    if kind == "subscribe":
+        channel, params = _subscription(obj, rid)
+        return Subscribe(channel, params, rid)
+    if kind == "unsubscribe":
+        channel, params = _subscription(obj, rid)
+        return Unsubscribe(channel, params, rid)
+    if kind == "ping":
+        return Ping(obj.get("data"), rid)
+    if kind == "refresh":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "refresh needs a token string", request_id=rid)
+        return Refresh(token, rid)
+    if kind == "bot_command":
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "bot_command needs data with botId and command", request_id=rid)
+        bot_id, command, params = data.get("botId"), data.get("command"), data.get("params", {})
+        if not isinstance(bot_id, str) or not bot_id or len(bot_id) > 128:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.botId must be a non-empty string", request_id=rid)
+        if not isinstance(command, str) or not command or len(command) > 64:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.command must be a non-empty string", request_id=rid)
+        if not isinstance(params, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.params must be an object", request_id=rid)
+        if "userId" in data:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "bot commands always act for the token's own user", request_id=rid)
+        return BotCommand(bot_id, command, params, rid)
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}", request_id=rid)
+
+
+# --- server messages ----------------------------------------------------------
+
+
+def _with_id(msg: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id is not None:
+        msg["id"] = request_id
+    return msg
+
+
+def error_message(code: ErrorCode, message: str, *, request_id: str | None = None,
+                  channel: str | None = None) -> str:
+    msg: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
+    if channel is not None:
+        msg["channel"] = channel
+    return dumps(_with_id(msg, request_id))
+
+
+def connection_message(*, session_id: str, user_id: str, server_time: int, heartbeat_ms: int,
+                       expires_at: int, limits: dict[str, int]) -> str:
+    return dumps({
+        "type": "connection", "status": "connected", "sessionId": session_id, "userId": user_id,
+        "serverTime": server_time, "heartbeatInterval": heartbeat_ms, "expiresAt": expires_at,
+        "limits": limits,
+    })
+
+
+def subscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None,
+                       *, already: bool = False) -> str:
+    msg: dict[str, Any] = {"type": "subscribed", "channel": channel.value}
+    if params is not None:
+        msg["data"] = params.to_json()
+    if already:
+        msg["already"] = True
+    return dumps(_with_id(msg, request_id))
+
+
+def unsubscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None) -> str:
+    msg: dict[str, Any] = {"type": "unsubscribed", "channel": channel.value}
+    if params is not None:
+        msg["data"] = params.to_json()
+    return dumps(_with_id(msg, request_id))
+
+
+def pong_message(data: Any, server_time: int, request_id: str | None) -> str:
+    return dumps(_with_id({"type": "pong", "data": data, "serverTime": server_time}, request_id))
+
+
+def refreshed_message(expires_at: int, request_id: str | None) -> str:
+    return dumps(_with_id({"type": "refreshed", "expiresAt": expires_at}, request_id))
+
+
+def bot_command_ack_message(command_id: str, delivered_to: int, request_id: str | None) -> str:
+    return dumps(_with_id({"type": "bot_command_ack", "data": {"commandId": command_id,
+                                                              "deliveredTo": delivered_to}}, request_id))
+
+
+def data_message(channel: str, seq: int, ts: int, data: Any, extra: dict[str, Any] | None = None) -> str:
+    """A ``data`` message; built once per publication, shared by every subscriber."""
+    msg: dict[str, Any] = {"type": "data", "channel": channel}
+    if extra:
+        msg.update(extra)
+    msg["seq"] = seq
+    msg["ts"] = ts
+    msg["data"] = data
+    return dumps(msg)

@@ -1,0 +1,160 @@
+"""RFC 6455 framing, with no I/O: bytes in, typed values out.
+
+gevent-websocket 0.10.1 gets several things wrong that a gateway cannot live
+with (../shared/NOTES.md): close codes are never sent, frame sizes are not
+bounded, unmasked client frames are accepted and unmasking runs byte by byte
+in Python. The socket layer (``transport/socket.py``) uses this module
+instead of gevent-websocket's ``WebSocket`` for every frame it reads or
+writes.
+
+Frames we send are built here once and shared: a fan-out to N clients costs
+one ``encode_frame`` call, not N.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "FrameError",
+    "FrameHeader",
+    "Opcode",
+    "encode_close",
+    "encode_frame",
+    "parse_close",
+    "parse_header",
+    "unmask",
+]
+
+
+class Opcode(IntEnum):
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+DATA_OPCODES = frozenset({Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY})
+
+
+class FrameError(Exception):
+    """A frame breaks RFC 6455 or our limits; ``code`` is the close code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    fin: bool
+    opcode: Opcode
+    length: int
+    mask: bytes
+    header_size: int
+
+
+def parse_header(data: bytes, *, max_size: int) -> FrameHeader | int:
+    """Parse a client frame header from the start of ``data``.
+
+    Returns the header, or the number of bytes needed when ``data`` is too
+    short. Raises :class:`FrameError` with the close code to send:
+    1002 for reserved bits, unknown opcodes, unmasked frames (RFC 6455 §5.1),
+    fragmented or oversized control frames (§5.5); 1009 when the payload
+    length exceeds ``max_size`` — decided from the header, before a byte of
+    the payload is read.
+    """
+    if len(data) < 2:
+        return 2
+    b0, b1 = data[0], data[1]
+    if b0 & 0x70:
+        raise FrameError(1002, "reserved bits set without an extension")
+    try:
+        opcode = Opcode(b0 & 0x0F)
+    except ValueError:
+        raise FrameError(1002, f"unknown opcode {b0 & 0x0F}") from None
+    fin = bool(b0 & 0x80)
+    if not b1 & 0x80:
+        raise FrameError(1002, "client frame not masked")
+    length = b1 & 0x7F
+    offset = 2
+    if length == 126:
+        if len(data) < 4:
+            return 4
+        (length,) = struct.unpack_from("!H", data, 2)
+        offset = 4
+    elif length == 127:
+        if len(data) < 10:
+            return 10
+        (length,) = struct.unpack_from("!Q", data, 2)
+        offset = 10
+    if opcode in CONTROL_OPCODES:
+        if not fin:
+            raise FrameError(1002, "fragmented control frame")
+        if length > 125:
+            raise FrameError(1002, "control frame payload over 125 bytes")
+    elif length > max_size:
+        raise FrameError(1009, f"frame of {length} bytes exceeds the limit of {max_size}")
+    if len(data) < offset + 4:
+        return offset + 4
+    return FrameHeader(fin, opcode, length, bytes(data[offset : offset + 4]), offset + 4)
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask``, a whole integer at a time."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
+    """A server frame (unmasked, RFC 6455 §5.1) carrying ``payload``."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", b0, 126, n) + payload
+    return struct.pack("!BBQ", b0, 127, n) + payload
+
+
+def encode_close(code: int | None, reason: str = "") -> bytes:
+    """A close frame with a status code (RFC 6455 §5.5.1), reason cut to fit 125 bytes."""
+    if code is None:
+        return encode_frame(Opcode.CLOSE, b"")
+    raw = reason.encode("utf-8")[:123]
+    while True:
+        try:
+            raw.decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            raw = raw[:-1]
+    return encode_frame(Opcode.CLOSE, struct.pack("!H", code) + raw)
+
+
+# RFC 6455 §7.4.1 and the IANA registry: codes an endpoint may send.
+_VALID_CLOSE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """Code and reason of a client close frame; raises FrameError(1002/1007)."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise FrameError(1002, "close frame payload of one byte")
+    (code,) = struct.unpack_from("!H", payload)
+    if code not in _VALID_CLOSE and not 3000 <= code <= 4999:
+        raise FrameError(1002, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(1007, "close reason is not valid utf-8") from None
+    return code, reason

@@ -1,0 +1,140 @@
+"""The pywsgi handler: HTTP to Flask, ``/ws`` upgrades to our own connection.
+
+A subclass of gevent-websocket's ``WebSocketHandler`` that keeps its place
+in pywsgi but does the upgrade itself, because the library's version:
+
+* accepts protocol versions 7 and 8 (we answer 426 with version 13);
+* has no handshake deadline (half-sent requests were held 75 s and more);
+* logs a rejected handshake's query string, token included;
+* sends 101 before the application can refuse the request, so a bad token
+  could only be answered after the upgrade;
+* under Werkzeug 3, lets Flask answer 400 after the 101 (NOTES.md): ``/ws``
+  never reaches Flask here.
+
+The server object must carry ``gateway`` (see ``gateway/server.py``): it
+decides admission before the 101 (``admit``) and serves the connection
+after it (``serve``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIHandler
+from geventwebsocket.handler import WebSocketHandler
+
+from transport.socket import WebSocketConnection
+
+__all__ = ["GatewayHandler", "HandshakeTimeout", "Rejection"]
+
+access_log = logging.getLogger("gateway.access")
+
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class HandshakeTimeout(Exception):
+    """The request head (or a whole plain HTTP request) took too long."""
+
+
+class Rejection(Exception):
+    """Refuse an upgrade with an HTTP answer before any 101 is sent."""
+
+    def __init__(self, status: str, error: str, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or []
+
+
+class GatewayHandler(WebSocketHandler):
+    _timer: gevent.Timeout | None = None
+
+    def handle_one_request(self) -> Any:
+        timeout = getattr(self.server, "handshake_timeout", 10.0)
+        self._timer = gevent.Timeout.start_new(timeout, HandshakeTimeout)
+        try:
+            return super().handle_one_request()
+        except HandshakeTimeout:
+            self.close_connection = True
+            return None
+        finally:
+            self._timer.cancel()
+
+    def run_application(self) -> None:
+        env = self.environ
+        gateway = self.server.gateway
+        if env.get("PATH_INFO") != gateway.ws_path or "websocket" not in env.get("HTTP_UPGRADE", "").lower():
+            WSGIHandler.run_application(self)
+            return
+        try:
+            accept = self._check_handshake()
+            admission = gateway.admit(env)
+        except Rejection as rejection:
+            self._reject(rejection)
+            return
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept),
+        ]
+        if admission.protocol:
+            headers.append(("Sec-WebSocket-Protocol", admission.protocol))
+        response = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        self.socket.sendall(response.encode("latin-1"))
+        self.status = "101 Switching Protocols"
+        self.headers_sent = True
+        self.close_connection = True
+        self._timer.cancel()
+        conn = gateway.make_connection(self.socket, self.rfile)
+        gateway.serve(conn, admission, env)
+
+    def _check_handshake(self) -> str:
+        env = self.environ
+        if env.get("REQUEST_METHOD") != "GET":
+            raise Rejection("405 Method Not Allowed", "bad_handshake", "websocket upgrade needs GET")
+        if self.request_version != "HTTP/1.1":
+            raise Rejection("400 Bad Request", "bad_handshake", "websocket upgrade needs HTTP/1.1")
+        if "upgrade" not in env.get("HTTP_CONNECTION", "").lower():
+            raise Rejection("400 Bad Request", "bad_handshake", "missing Connection: Upgrade")
+        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+            raise Rejection(
+                "426 Upgrade Required", "unsupported_version",
+                "only websocket protocol version 13 is supported",
+                [("Sec-WebSocket-Version", "13")],
+            )
+        key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid = False
+        if not valid:
+            raise Rejection("400 Bad Request", "bad_handshake", "missing or invalid Sec-WebSocket-Key")
+        return base64.b64encode(hashlib.sha1((key + _GUID).encode("latin-1")).digest()).decode("ascii")
+
+    def _reject(self, rejection: Rejection) -> None:
+        body = json.dumps({"error": rejection.error, "message": rejection.message}).encode()
+        self.close_connection = True
+        self.start_response(
+            rejection.status,
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))] + rejection.headers,
+        )
+        self.result = [body]
+        self.process_result()
+
+    def format_request(self) -> str:
+        # Access log line without the query string (it may carry ?token=).
+        env = getattr(self, "environ", None) or {}
+        path = env.get("PATH_INFO") or (self.requestline or "").split("?")[0]
+        method = env.get("REQUEST_METHOD", "-")
+        status = (self._orig_status or self.status or "000").split()[0]
+        client = self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address
+        return f'{client or "-"} "{method} {path}" {status} {self.response_length or "-"}'
+
+    def log_request(self) -> None:
+        access_log.info(self.format_request())
