@@ -157,14 +157,12 @@ class ConnectionActor(GeventActor):
         self.gateway.on_subscribed(self, channel, params, keys)
 
     def _unsubscribe(self, msg: Unsubscribe) -> None:
+        # Idempotent like subscribe: unsubscribing from a channel the
+        # connection is not on is confirmed too (``wasSubscribed: false``).
         keys = self.subscriptions.pop((msg.channel, msg.params), None)
-        if keys is None:
-            self._error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {msg.channel.value}",
-                        request_id=msg.request_id, channel=msg.channel.value)
-            return
-        for key in keys:
+        for key in keys or ():
             self.hub.leave(self.session, key)
-        self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id))
+        self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id, was_subscribed=keys is not None))
 
     def _refresh(self, msg: Refresh) -> None:
         try:

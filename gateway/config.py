@@ -67,6 +67,7 @@ class Settings:
     allowed_origins: frozenset[str] = frozenset()
     max_queue_bytes: int = 1024 * 1024
     write_timeout: float = 1.0
+    sweep_interval: float = 1.0
     shutdown_timeout: float = 10.0
     test_echo_route: bool = False
 
@@ -115,6 +116,7 @@ class Settings:
             allowed_origins=origins,
             max_queue_bytes=_int(env, "WS_QUEUE_BYTES", 1024 * 1024),
             write_timeout=_ms(env, "WS_WRITE_TIMEOUT", 1000),
+            sweep_interval=_ms(env, "WS_SWEEP_INTERVAL", 1000),
             shutdown_timeout=_ms(env, "SHUTDOWN_TIMEOUT", 10000),
             test_echo_route=_flag(env, "GATEWAY_TEST_ECHO"),
         )

@@ -208,7 +208,7 @@ class Gateway:
 
     def _sweep_forever(self) -> None:
         s = self.settings
-        tick = max(0.05, min(s.heartbeat_interval, s.silence_timeout) / 4)
+        tick = max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
         next_ping = time.monotonic() + s.heartbeat_interval
         while True:
             gevent.sleep(tick)

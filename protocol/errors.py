@@ -17,7 +17,6 @@ class ErrorCode(str, Enum):
     UNKNOWN_TYPE = "unknown_type"
     UNKNOWN_CHANNEL = "unknown_channel"
     INVALID_PARAMS = "invalid_params"
-    NOT_SUBSCRIBED = "not_subscribed"
     FORBIDDEN = "forbidden"
     TOO_MANY_CHANNELS = "too_many_channels"
     INVALID_TOKEN = "invalid_token"
@@ -34,7 +33,6 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_TYPE: "`type` is not one the gateway accepts.",
     ErrorCode.UNKNOWN_CHANNEL: "`channel` is not one of the gateway's channels.",
     ErrorCode.INVALID_PARAMS: "The channel's parameters (`data`) are invalid, e.g. a malformed symbol.",
-    ErrorCode.NOT_SUBSCRIBED: "`unsubscribe` for a channel the connection is not subscribed to.",
     ErrorCode.FORBIDDEN: "The request tries to reach another user's data or bot.",
     ErrorCode.TOO_MANY_CHANNELS: "The connection already holds the maximum number of subscriptions.",
     ErrorCode.INVALID_TOKEN: "A `refresh` token is malformed, forged or expired.",

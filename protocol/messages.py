@@ -199,8 +199,11 @@ def subscribed_message(channel: Channel, params: MarketParams | None, request_id
     return dumps(_with_id(msg, request_id))
 
 
-def unsubscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None) -> str:
+def unsubscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None,
+                         *, was_subscribed: bool = True) -> str:
     msg: dict[str, Any] = {"type": "unsubscribed", "channel": channel.value}
+    if not was_subscribed:
+        msg["wasSubscribed"] = False
     if params is not None:
         msg["data"] = params.to_json()
     return dumps(_with_id(msg, request_id))

@@ -35,6 +35,7 @@ __all__ = ["GatewayHandler", "HandshakeTimeout", "Rejection"]
 access_log = logging.getLogger("gateway.access")
 
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class HandshakeTimeout(Exception):
@@ -65,6 +66,12 @@ class GatewayHandler(WebSocketHandler):
             return None
         finally:
             self._timer.cancel()
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if isinstance(ex, HandshakeTimeout):
+            self.close_connection = True
+            return ("408", _REQUEST_TIMEOUT)
+        return super()._handle_client_error(ex)
 
     def run_application(self) -> None:
         env = self.environ
