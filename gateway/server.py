@@ -41,6 +41,7 @@ __all__ = ["Admission", "Gateway"]
 log = logging.getLogger("gateway.server")
 
 SUBPROTOCOL = "trading.v1"
+ECHO_PATH = "/ws-echo"  # exists only with GATEWAY_TEST_ECHO=1 (Autobahn|Testsuite)
 BEARER_PREFIX = "bearer."
 _PING_FRAME = encode_frame(Opcode.PING, b"")
 
@@ -58,6 +59,7 @@ class Gateway:
         self.metrics = metrics
         self.hub = hub
         self.ws_path = settings.ws_path
+        self.ws_paths = frozenset({settings.ws_path, ECHO_PATH} if settings.test_echo_route else {settings.ws_path})
         self.draining = False
         self.subscribe_listeners: list[Any] = []
         self._sweeper: gevent.Greenlet | None = None
@@ -69,6 +71,8 @@ class Gateway:
         started = time.perf_counter()
         if self.draining:
             raise Rejection("503 Service Unavailable", "shutting_down", "the gateway is shutting down")
+        if environ.get("PATH_INFO") == ECHO_PATH:
+            return Admission(Principal("autobahn", float("inf")), None, started)
         origin = environ.get("HTTP_ORIGIN")
         allowed = self.settings.allowed_origins
         if allowed and origin not in allowed:
@@ -102,19 +106,20 @@ class Gateway:
 
     # -- after the upgrade ---------------------------------------------------------
 
-    def make_connection(self, sock: socket.socket, rfile: Any, *, max_message_size: int | None = None) -> WebSocketConnection:
+    def make_connection(self, sock: socket.socket, rfile: Any, environ: dict[str, Any]) -> WebSocketConnection:
         s = self.settings
-        metric = self.metrics.bytes_sent
+        echo = environ.get("PATH_INFO") == ECHO_PATH
         return WebSocketConnection(
             sock, rfile,
-            max_message_size=max_message_size or s.max_message_size,
+            # Autobahn's sections 1-7 and 10 send messages up to 64 KiB + headers.
+            max_message_size=16 * 1024 * 1024 if echo else s.max_message_size,
             max_queue_bytes=s.max_queue_bytes,
             write_timeout=s.write_timeout,
-            on_written=metric.inc,
+            on_written=self.metrics.bytes_sent.inc,
         )
 
     def serve(self, conn: WebSocketConnection, admission: Admission, environ: dict[str, Any]) -> None:
-        if environ.get("PATH_INFO") == "/ws-echo":
+        if environ.get("PATH_INFO") == ECHO_PATH:
             self._serve_echo(conn)
             return
         principal = admission.principal

@@ -76,7 +76,7 @@ class GatewayHandler(WebSocketHandler):
     def run_application(self) -> None:
         env = self.environ
         gateway = self.server.gateway
-        if env.get("PATH_INFO") != gateway.ws_path or "websocket" not in env.get("HTTP_UPGRADE", "").lower():
+        if env.get("PATH_INFO") not in gateway.ws_paths or "websocket" not in env.get("HTTP_UPGRADE", "").lower():
             WSGIHandler.run_application(self)
             return
         try:
@@ -98,7 +98,7 @@ class GatewayHandler(WebSocketHandler):
         self.headers_sent = True
         self.close_connection = True
         self._timer.cancel()
-        conn = gateway.make_connection(self.socket, self.rfile)
+        conn = gateway.make_connection(self.socket, self.rfile, env)
         gateway.serve(conn, admission, env)
 
     def _check_handshake(self) -> str:
