@@ -1,0 +1,31 @@
+# One command per check. `make run` and `make test` install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+USER ?= demo
+
+.PHONY: run test lint types token bench clean
+
+$(STAMP): setup.cfg
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)          ## the gateway with everything embedded: demo key, simulated exchange
+	DEMO_MODE=true $(PY) app.py
+
+test: $(STAMP)         ## the whole suite
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+token: $(STAMP)        ## make token USER=alice
+	@$(PY) -m gateway.token $(USER)
+
+bench: $(STAMP)
+	$(PY) bench/connect_rate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts .demo

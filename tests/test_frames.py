@@ -1,0 +1,100 @@
+"""RFC 6455 framing without sockets: bytes in, values out."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.harness import masked_frame
+from transport.frames import (
+    FrameError,
+    FrameHeader,
+    Opcode,
+    encode_close,
+    encode_frame,
+    parse_close,
+    parse_header,
+    unmask,
+)
+
+
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+def test_unmask_is_the_rfc_xor(payload, mask):
+    assert unmask(payload, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 70000])
+def test_encode_frame_length_forms(n):
+    frame = encode_frame(Opcode.TEXT, b"x" * n)
+    assert frame[0] == 0x81
+    if n < 126:
+        assert frame[1] == n and len(frame) == 2 + n
+    elif n < 65536:
+        assert frame[1] == 126 and struct.unpack("!H", frame[2:4])[0] == n
+    else:
+        assert frame[1] == 127 and struct.unpack("!Q", frame[2:10])[0] == n
+
+
+def test_parse_header_of_a_masked_client_frame():
+    frame = masked_frame(0x1, b"hello")
+    header = parse_header(frame, max_size=1024)
+    assert isinstance(header, FrameHeader)
+    assert (header.fin, header.opcode, header.length, header.header_size) == (True, Opcode.TEXT, 5, 6)
+    assert unmask(frame[6:], header.mask) == b"hello"
+
+
+def test_parse_header_asks_for_more_bytes():
+    frame = masked_frame(0x2, b"y" * 300)
+    assert parse_header(frame[:1], max_size=1024) == 2
+    assert parse_header(frame[:2], max_size=1024) == 4
+    assert parse_header(frame[:4], max_size=1024) == 8
+
+
+@pytest.mark.parametrize(("data", "code", "reason"), [
+    (bytes((0x81, 0x05)) + b"hello", 1002, "client frame not masked"),
+    (bytes((0xC1, 0x80)) + os.urandom(4), 1002, "reserved bits set without an extension"),
+    (bytes((0x83, 0x80)) + os.urandom(4), 1002, "unknown opcode 3"),
+    (bytes((0x09, 0x80)) + os.urandom(4), 1002, "fragmented control frame"),
+    (bytes((0x89, 0xFE, 0x00, 0x7E)) + os.urandom(4), 1002, "control frame payload over 125 bytes"),
+    (bytes((0x81, 0xFF)) + (1 << 62).to_bytes(8, "big"), 1009,
+     f"frame of {1 << 62} bytes exceeds the limit of 1024"),
+])
+def test_bad_frames_name_their_close_code(data, code, reason):
+    with pytest.raises(FrameError) as info:
+        parse_header(data, max_size=1024)
+    assert (info.value.code, info.value.reason) == (code, reason)
+
+
+def test_close_frames_carry_the_code_and_a_utf8_reason_within_125_bytes():
+    frame = encode_close(4001, "slow consumer")
+    assert frame[:2] == bytes((0x88, 15)) and frame[2:4] == (4001).to_bytes(2, "big")
+    long = encode_close(1000, "é" * 100)
+    assert long[1] <= 125
+    long[4:].decode("utf-8")
+    assert encode_close(None) == b"\x88\x00"
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b"", (None, "")),
+    ((1000).to_bytes(2, "big") + b"bye", (1000, "bye")),
+    ((4999).to_bytes(2, "big"), (4999, "")),
+])
+def test_parse_close(payload, expected):
+    assert parse_close(payload) == expected
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"\x03", 1002),
+    ((999).to_bytes(2, "big"), 1002),
+    ((1005).to_bytes(2, "big"), 1002),
+    ((5000).to_bytes(2, "big"), 1002),
+    ((1000).to_bytes(2, "big") + b"\xff", 1007),
+])
+def test_parse_close_rejects(payload, code):
+    with pytest.raises(FrameError) as info:
+        parse_close(payload)
+    assert info.value.code == code
