@@ -11,27 +11,27 @@ from gevent import monkey
 # before anything imports socket, threading or ssl.
 monkey.patch_all()
 
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import gevent  # noqa: E402
-from gevent.pywsgi import WSGIServer  # noqa: E402
+import gevent
+from gevent.pywsgi import WSGIServer
 
-from gateway.auth import Authenticator  # noqa: E402
-from gateway.config import ConfigError, Settings  # noqa: E402
-from gateway.http import create_app  # noqa: E402
-from gateway.hub import Hub  # noqa: E402
-from gateway.logs import configure_logging  # noqa: E402
-from gateway.server import Gateway  # noqa: E402
-from metrics.definitions import build as build_metrics  # noqa: E402
-from protocol.close_codes import CloseCode  # noqa: E402
-from transport.handler import GatewayHandler  # noqa: E402
+from gateway.auth import Authenticator
+from gateway.config import ConfigError, Settings
+from gateway.http import create_app
+from gateway.hub import Hub
+from gateway.logs import configure_logging
+from gateway.server import Gateway
+from metrics.definitions import build as build_metrics
+from protocol.close_codes import CloseCode
+from transport.handler import GatewayHandler
 
 log = logging.getLogger("gateway")
 

@@ -25,7 +25,7 @@ from actors.runtime import GeventActor
 from gateway.auth import AuthError
 from protocol.channels import SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ErrorCode
 from protocol.messages import (
     BotCommand,
     Ping,

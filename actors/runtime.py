@@ -116,7 +116,7 @@ class GeventActor(pykka.Actor):
         self.actor_stopped.set()
         try:
             self.on_stop()
-        except Exception:
+        except Exception:  # noqa: BLE001 - as pykka does: any failure of on_stop stops the actor
             self._handle_failure(*sys.exc_info())
 
     def _handle_failure(self, *exc_info: Any) -> None:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, NewType
 
 from protocol.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "PRIVATE_CHANNELS",
+    "SERVICE_CHANNELS",
     "Channel",
     "ChannelKey",
     "MarketParams",
-    "PRIVATE_CHANNELS",
-    "SERVICE_CHANNELS",
     "keys_for",
     "parse_market_params",
 ]
@@ -28,7 +28,7 @@ __all__ = [
 ChannelKey = NewType("ChannelKey", str)
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     MARKET_DATA = "market-data"
     BOT_STATUS = "bot-status"
     TRADES = "trades"

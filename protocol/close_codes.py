@@ -10,12 +10,12 @@ the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 __all__ = ["CLOSE_CODES", "ClientAction", "CloseCode", "CloseInfo"]
 
 
-class ClientAction(str, Enum):
+class ClientAction(StrEnum):
     RECONNECT = "reconnect"
     BACK_OFF = "back off"
     DO_NOT_RECONNECT = "do not reconnect"

@@ -6,12 +6,12 @@ table (``protocol/close_codes.py``) says when a connection is closed.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["ERROR_MEANINGS", "ErrorCode", "ProtocolError"]
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_TYPE = "unknown_type"

@@ -93,7 +93,8 @@ def _request_id(obj: dict[str, Any]) -> str | None:
     if rid is None:
         return None
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or len(str(rid)) > MAX_ID_LENGTH:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"id must be a string or integer of at most {MAX_ID_LENGTH} characters")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            f"id must be a string or integer of at most {MAX_ID_LENGTH} characters")
     return str(rid)
 
 
@@ -149,7 +150,8 @@ def parse(text: str) -> ClientMessage:
     if kind == "bot_command":
         data = obj.get("data")
         if not isinstance(data, dict):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "bot_command needs data with botId and command", request_id=rid)
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "bot_command needs data with botId and command",
+                                request_id=rid)
         bot_id, command, params = data.get("botId"), data.get("command"), data.get("params", {})
         if not isinstance(bot_id, str) or not bot_id or len(bot_id) > 128:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.botId must be a non-empty string", request_id=rid)

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import AuthError, Authenticator, mint_token
+from gateway.auth import Authenticator, AuthError, mint_token
 from gateway.config import ConfigError, Settings
 
 SECRET = "s" * 40

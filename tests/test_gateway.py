@@ -263,7 +263,7 @@ def test_sixth_connection_of_a_user_is_closed_4503(gw):
     deadline = time.monotonic() + 5
     while True:  # the slot frees once the server has seen the close
         seventh = gw.connect("judy")
-        opcode, data = seventh.ws.recv_data(control_frame=True)
+        opcode, _ = seventh.ws.recv_data(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_TEXT:
             break
         assert time.monotonic() < deadline
@@ -313,7 +313,7 @@ def test_oversized_frame_is_refused_from_its_header_1009(gw):
 
 
 def test_unmasked_client_frame_is_closed_1002(gw):
-    sock, head = raw_upgrade(gw.port, f"/ws?token={gw.token('mia')}")
+    sock, _ = raw_upgrade(gw.port, f"/ws?token={gw.token('mia')}")
     sock.read_frame()
     sock.sendall(masked_frame(0x1, b'{"type":"ping"}', mask=False))
     opcode, payload = sock.read_frame()
@@ -330,7 +330,7 @@ def test_old_protocol_version_gets_426(gw):
 
 
 def test_plain_get_of_ws_is_426(gw):
-    status, headers, raw = http("GET", gw.http + "/ws")
+    status, _, raw = http("GET", gw.http + "/ws")
     assert status == 426 and json.loads(raw)["error"] == "upgrade_required"
 
 

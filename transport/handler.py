@@ -28,8 +28,6 @@ import gevent
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from transport.socket import WebSocketConnection
-
 __all__ = ["GatewayHandler", "HandshakeTimeout", "Rejection"]
 
 access_log = logging.getLogger("gateway.access")
@@ -129,7 +127,7 @@ class GatewayHandler(WebSocketHandler):
         self.close_connection = True
         self.start_response(
             rejection.status,
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))] + rejection.headers,
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *rejection.headers],
         )
         self.result = [body]
         self.process_result()

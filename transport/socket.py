@@ -71,9 +71,20 @@ class Outbox:
     """
 
     __slots__ = (
-        "_sock", "_frames", "_queued_bytes", "_wake", "_writer", "_closing",
-        "_close_frame", "max_bytes", "write_timeout", "on_overflow",
-        "bytes_written", "closed", "overflowed", "on_written",
+        "_close_frame",
+        "_closing",
+        "_frames",
+        "_queued_bytes",
+        "_sock",
+        "_wake",
+        "_writer",
+        "bytes_written",
+        "closed",
+        "max_bytes",
+        "on_overflow",
+        "on_written",
+        "overflowed",
+        "write_timeout",
     )
 
     def __init__(
