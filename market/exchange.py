@@ -1,0 +1,180 @@
+"""What the gateway needs from an exchange's public market-data protocol.
+
+An exchange module (today :mod:`market.bybit`) provides one object that
+satisfies :class:`ExchangeProtocol`. Everything it does is pure: text in,
+typed values out; the connection, its timers and its retries live elsewhere.
+The stream owner uses it like this::
+
+    url = exchange.public_url(category, testnet=False)
+    for request in exchange.subscribe_requests(topics, category, next_req_id):
+        send(request.text)                    # remember request by req_id
+    every 20 s: send(exchange.ping_request(next_req_id()).text)
+    for each text frame:
+        event = exchange.parse(frame)         # ExchangeProtocolError on garbage
+        SubscribeAck -> match to the request; ok / fail_topics
+        Pong         -> liveness
+        TopicMessage -> exchange.normalize(event, category)
+                        -> TickerUpdate  -> TickerBook.apply
+                        -> BookUpdate    -> OrderBook.apply, then view(n)
+                        -> tuple[Trade, ...] / tuple[Kline, ...] as they are
+
+Errors::
+
+    ValueError
+    └── ExchangeProtocolError       a frame the exchange sent makes no sense
+        └── BybitProtocolError      (market.bybit)
+
+A bad *argument* (an unknown depth for the category, say) is a plain
+:class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+from .model import Category, MarketUpdate, Topic
+
+__all__ = [
+    "ExchangeEvent",
+    "ExchangeProtocol",
+    "ExchangeProtocolError",
+    "MessageType",
+    "OutboundRequest",
+    "Pong",
+    "SubscribeAck",
+    "TopicMessage",
+]
+
+
+class ExchangeProtocolError(ValueError):
+    """A frame from the exchange that cannot be understood.
+
+    The message is lowercase and says what was wrong. The frame should be
+    logged and dropped; one bad frame is no reason to drop the connection.
+    """
+
+
+class MessageType(StrEnum):
+    SNAPSHOT = "snapshot"
+    DELTA = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """A request ready to send: ``text`` is the exact frame.
+
+    ``topics`` lists the exchange topic names it carries (empty for a ping),
+    so an ack can be matched back by ``req_id``.
+    """
+
+    op: str
+    req_id: str | None
+    topics: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeAck:
+    """The exchange's single reply to one subscribe or unsubscribe request.
+
+    ``ret_msg`` is the exchange's text ("" when it sent none); ``conn_id``
+    and ``req_id`` are ``None`` when absent ("" is kept as ""). ``op`` is
+    ``None`` when the reply does not say which operation it answers (Bybit
+    options). ``success_topics`` and ``fail_topics`` are what the reply
+    names, when it names them; an empty tuple means "not stated", so match
+    the ack to its request by ``req_id`` to learn which topics it covers.
+    """
+
+    success: bool
+    ret_msg: str
+    conn_id: str | None
+    req_id: str | None
+    op: str | None
+    success_topics: tuple[str, ...] = ()
+    fail_topics: tuple[str, ...] = ()
+
+    @property
+    def already_subscribed(self) -> bool:
+        """A refusal that only means the topic was streaming already.
+
+        Treat it as success: the first subscription keeps streaming, and
+        treating it as fatal has caused reconnect loops elsewhere.
+        """
+        return not self.success and self.ret_msg.startswith("error:already subscribed")
+
+    @property
+    def ok(self) -> bool:
+        """Every topic of the request is (still) subscribed."""
+        return (self.success and not self.fail_topics) or self.already_subscribed
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A reply to our JSON ping. ``server_ts`` is in ms when the exchange sends it."""
+
+    conn_id: str | None = None
+    req_id: str | None = None
+    server_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMessage:
+    """A market-data frame, with its ``data`` still raw (checked to be a
+    JSON object or array, nothing more). Numbers inside are not floats:
+    the parser reads JSON fractions as :class:`~decimal.Decimal`.
+
+    ``ts`` is the exchange's timestamp in ms; ``cts`` (matching-engine time)
+    and ``cs`` (cross sequence) are ``None`` when absent.
+    """
+
+    topic: str
+    type: MessageType
+    ts: int
+    data: dict[str, Any] | list[Any]
+    cts: int | None = None
+    cs: int | None = None
+
+
+ExchangeEvent: TypeAlias = SubscribeAck | Pong | TopicMessage
+
+
+@runtime_checkable
+class ExchangeProtocol(Protocol):
+    """The public market-data protocol of one exchange, without I/O."""
+
+    #: Short lowercase exchange name, usable as a metric label.
+    name: str
+
+    def public_url(self, category: Category, testnet: bool = False) -> str:
+        """The WebSocket URL of the public stream for ``category``."""
+        ...
+
+    def subscribe_requests(
+        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+    ) -> list[OutboundRequest]:
+        """Requests subscribing ``topics`` on the ``category`` endpoint, split
+        to the exchange's per-request limit; one ``req_id_factory()`` call per
+        request. Raises :class:`ValueError` for a topic the category lacks."""
+        ...
+
+    def unsubscribe_requests(
+        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+    ) -> list[OutboundRequest]:
+        """Like :meth:`subscribe_requests`, for unsubscribing."""
+        ...
+
+    def ping_request(self, req_id: str | None = None) -> OutboundRequest:
+        """The application-level heartbeat."""
+        ...
+
+    def parse(self, text: str | bytes) -> ExchangeEvent:
+        """One text frame from the exchange as a typed event, or
+        :class:`ExchangeProtocolError`."""
+        ...
+
+    def normalize(self, message: TopicMessage, category: Category) -> MarketUpdate:
+        """A data message as model values, or :class:`ExchangeProtocolError`."""
+        ...
