@@ -27,20 +27,13 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
-    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4000
     SLOW_CONSUMER = 4001
     HEARTBEAT_TIMEOUT = 4002
     RATE_LIMITED = 4003
-    INVALID_TOKEN = 4500
-    BAD_REQUEST = 4501
-    HANDSHAKE_TIMEOUT = 4502
     CONNECTION_LIMIT = 4503
-    FORBIDDEN = 4504
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +60,6 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.INVALID_PAYLOAD: CloseInfo(
         "invalid utf-8", ClientAction.DO_NOT_RECONNECT,
         "A text frame (or close reason) was not valid UTF-8."),
-    CloseCode.POLICY_VIOLATION: CloseInfo(
-        "policy violation", ClientAction.BACK_OFF,
-        "A generic policy was broken (for example a control-frame flood)."),
     CloseCode.MESSAGE_TOO_BIG: CloseInfo(
         "message too big", ClientAction.DO_NOT_RECONNECT,
         "A message exceeded the inbound size limit (decided from the frame header). "
@@ -77,12 +67,6 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.INTERNAL_ERROR: CloseInfo(
         "internal error", ClientAction.BACK_OFF,
         "The gateway failed while serving this connection; reconnect with backoff."),
-    CloseCode.SERVICE_RESTART: CloseInfo(
-        "service restart", ClientAction.RECONNECT,
-        "Reserved for a restart that is announced ahead; reconnect after a random 0–5 s delay."),
-    CloseCode.TRY_AGAIN_LATER: CloseInfo(
-        "try again later", ClientAction.BACK_OFF,
-        "The gateway is overloaded or not ready; reconnect with a longer backoff."),
     CloseCode.TOKEN_EXPIRED: CloseInfo(
         "token expired", ClientAction.RECONNECT,
         "The token expired and no fresh one was sent with a `refresh` message. "
@@ -96,20 +80,9 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         "Nothing was received from the client (no message, no pong) for the silence timeout."),
     CloseCode.RATE_LIMITED: CloseInfo(
         "rate limited", ClientAction.BACK_OFF,
-        "Too many messages or too many errors in a short time; reconnect after a backoff."),
-    CloseCode.INVALID_TOKEN: CloseInfo(
-        "invalid token", ClientAction.DO_NOT_RECONNECT,
-        "The token is missing, malformed, forged, or for another user; log in again."),
-    CloseCode.BAD_REQUEST: CloseInfo(
-        "bad request", ClientAction.DO_NOT_RECONNECT,
-        "Reserved for a client that keeps sending what the protocol forbids; fix the client."),
-    CloseCode.HANDSHAKE_TIMEOUT: CloseInfo(
-        "handshake timeout", ClientAction.BACK_OFF,
-        "The opening handshake did not finish in time."),
+        "More than 20 `error` replies within 10 s: the client keeps sending what the "
+        "protocol refuses. Fix it, then reconnect after a backoff."),
     CloseCode.CONNECTION_LIMIT: CloseInfo(
         "too many connections", ClientAction.DO_NOT_RECONNECT,
         "The user already has the maximum number of open connections; close one first."),
-    CloseCode.FORBIDDEN: CloseInfo(
-        "forbidden", ClientAction.DO_NOT_RECONNECT,
-        "The user may not use this gateway (revoked or blocked)."),
 }

@@ -23,7 +23,6 @@ class ErrorCode(StrEnum):
     TOKEN_SUBJECT_MISMATCH = "token_subject_mismatch"
     NO_SERVICE = "no_service"
     UPSTREAM_REJECTED = "upstream_rejected"
-    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"
 
 
@@ -39,7 +38,6 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.TOKEN_SUBJECT_MISMATCH: "A `refresh` token belongs to another user (`sub`).",
     ErrorCode.NO_SERVICE: "No platform service that handles bot commands is connected.",
     ErrorCode.UPSTREAM_REJECTED: "The exchange rejected the subscription (for example an unknown symbol).",
-    ErrorCode.RATE_LIMITED: "Too many messages; slow down (repeated, this closes with 4003).",
     ErrorCode.INTERNAL: "The gateway failed to handle the request; retry later.",
 }
 
