@@ -1,0 +1,690 @@
+"""The Bybit v5 simulator: pure parts fed values, then the real server over real 127.0.0.1 sockets.
+
+The socket tests run ``python -m simulator --port 0`` in a subprocess (one
+for the module) and talk to it with websocket-client, exactly as the
+gateway's Bybit client will; no monkey patching in this process. Two more
+tests run the server in-process: plain gevent here, and under
+``gevent.monkey.patch_all()`` in a child process.
+
+Reply shapes are checked against the recorded frames in
+``/work/shared/fixtures/bybit-v5/``: same keys, same order, same value types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+from websocket import (
+    ABNF,
+    WebSocket,
+    WebSocketBadStatusException,
+    WebSocketConnectionClosedException,
+    WebSocketTimeoutException,
+    create_connection,
+)
+
+from simulator import faults, frames, protocol
+from simulator.feeds import KlineFeed, LinearTickerFeed, OrderbookFeed
+from simulator.market import Instrument, instrument_spec, interval_bounds
+from simulator.protocol import Category, SymbolPolicy, Topic, TopicKind
+from simulator.server import SimulatorServer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path("/work/shared/fixtures/bybit-v5")
+RATE_HZ = 50  # one update every 20 ms per topic: tests wait milliseconds, not seconds
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def shape(message: dict[str, Any]) -> list[tuple[str, type]]:
+    """Keys in order with their value types: what "the same shape" means here."""
+    return [(k, type(v)) for k, v in message.items()]
+
+
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared Bybit fixtures not present")
+
+
+# --- pure: frames ---------------------------------------------------------------------------
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A client frame (payload < 126 bytes), masked as RFC 6455 §5.3 says."""
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + mask + body
+
+
+def test_accept_key_matches_rfc_6455_example():
+    assert frames.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_parser_reassembles_fragments_around_a_control_frame():
+    parser = frames.FrameParser()
+    data = masked(0x1, b"hel", fin=False) + masked(0x9, b"p") + masked(0x0, b"lo")
+    # fed one byte at a time: the parser must cope with any split
+    got = [f for b in data for f in parser.feed(bytes([b]))]
+    assert got == [frames.Frame(frames.Opcode.PING, b"p"), frames.Frame(frames.Opcode.TEXT, b"hello")]
+
+
+def test_parser_rejects_unmasked_and_oversized_frames():
+    with pytest.raises(frames.ProtocolError, match="unmasked"):
+        frames.FrameParser().feed(frames.encode_frame(frames.Opcode.TEXT, b"x"))
+    with pytest.raises(frames.ProtocolError) as info:
+        frames.FrameParser(max_message=10).feed(masked(0x1, b"x" * 11))
+    with pytest.raises(frames.ProtocolError, match="control"):
+        frames.FrameParser().feed(masked(0x9, b"x", fin=False))
+    assert info.value.code == frames.CloseCode.MESSAGE_TOO_BIG
+
+
+def test_encode_frame_lengths_and_close_payload():
+    assert frames.encode_frame(frames.Opcode.TEXT, b"a" * 125)[:2] == b"\x81\x7d"
+    assert frames.encode_frame(frames.Opcode.TEXT, b"a" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert frames.encode_frame(frames.Opcode.BINARY, b"a" * 70000)[:2] == b"\x82\x7f"
+    assert frames.parse_close_payload(frames.close_payload(4001, "bye")) == (4001, "bye")
+
+
+# --- pure: protocol -------------------------------------------------------------------------
+
+
+@needs_fixtures
+def test_reply_shapes_equal_the_recorded_ones():
+    spot, linear = Category.SPOT, Category.LINEAR
+    assert shape(protocol.ack(spot, "subscribe", "c", "10001")) == shape(fixture("subscribe_ok"))
+    assert protocol.ack(spot, "subscribe", "c", "1")["ret_msg"] == "subscribe"
+    assert shape(protocol.ack(linear, "subscribe", "c", None)) == shape(fixture("subscribe_ok_linear"))
+    assert protocol.ack(linear, "subscribe", "c", None)["req_id"] == ""
+    assert shape(protocol.ack(linear, "unsubscribe", "c", "3")) == shape(fixture("unsubscribe_ok_linear"))
+    assert shape(protocol.pong(spot, "c", None)) == shape(fixture("pong_spot"))
+    assert shape(protocol.pong(linear, "c", None)) == shape(fixture("pong_linear"))
+    spot_fail = protocol.invalid_topics(spot, ["tickers.XUSDT"], "c", None)
+    assert spot_fail == fixture("subscribe_fail_spot_invalid_symbol")
+    linear_fail = protocol.invalid_topics(linear, ["dcp.future"], "d9jhogatbetvf6evjmc0-8eoj", "dcp.future")
+    assert linear_fail == fixture("subscribe_fail")
+
+
+def test_topics_parse_and_symbols_follow_the_policy():
+    assert protocol.parse_topic("orderbook.50.BTCUSDT") == Topic(TopicKind.ORDERBOOK, "BTCUSDT", depth=50)
+    assert protocol.parse_topic("kline.D.ETHUSDT").name == "kline.D.ETHUSDT"
+    for bad in ("orderbook.500.BTCUSDT", "tickers.btcusdt", "kline.2.BTCUSDT", "trade.BTCUSDT", "tickers."):
+        with pytest.raises(protocol.TopicError):
+            protocol.parse_topic(bad)
+    policy = SymbolPolicy(reject=frozenset({"DOGEUSDT"}))
+    assert policy.exists("SOLUSDT") and policy.exists("ETHBTC")
+    assert not policy.exists("BTCUSD") and not policy.exists("FOOINVALIDUSDT")
+    assert not policy.exists("DOGEUSDT") and not policy.exists("USDT")
+
+
+def test_request_parsing():
+    assert protocol.parse_request('{"op":"ping","req_id":7}') == protocol.Request("ping", (), "7")
+    assert protocol.parse_request('{"op":"subscribe","args":["a"]}').args == ("a",)
+    for bad in ("nope", "[]", '{"op":"auth"}', '{"op":"subscribe","args":"x"}'):
+        with pytest.raises(protocol.RequestError):
+            protocol.parse_request(bad)
+
+
+# --- pure: market and feeds -----------------------------------------------------------------
+
+
+def test_prices_are_exact_strings_with_the_right_tick():
+    spot, linear = instrument_spec(Category.SPOT, "BTCUSDT"), instrument_spec(Category.LINEAR, "BTCUSDT")
+    assert spot.price(6_000_000) == "60000" and spot.price(7_584_540) == "75845.4"
+    assert linear.price(6_000_000) == "60000.00" and linear.tick_units == 10
+    assert spot.start_units == 6_000_000 and instrument_spec(Category.SPOT, "ETHUSDT").start_units == 300_000
+    other = instrument_spec(Category.SPOT, "SOLUSDT")
+    assert other == instrument_spec(Category.SPOT, "SOLUSDT")  # stable: from a hash, not hash()
+    assert 0.01 <= other.start_units / 10**other.price_decimals <= 1000
+
+
+def apply_levels(side: dict[Decimal, Decimal], levels: list[list[str]]) -> None:
+    for price, size in levels:
+        if size == "0":
+            assert Decimal(price) in side, f"delete of missing level {price}"
+            del side[Decimal(price)]
+        else:
+            side[Decimal(price)] = Decimal(size)
+
+
+class LocalBook:
+    """What a correct client keeps: replaced on snapshot, patched on delta, u checked."""
+
+    def __init__(self) -> None:
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.u: int | None = None
+        self.seq = 0
+
+    def apply(self, message: dict[str, Any]) -> None:
+        data = message["data"]
+        assert data["seq"] > self.seq
+        self.seq = data["seq"]
+        if message["type"] == "snapshot":
+            self.bids = {Decimal(p): Decimal(q) for p, q in data["b"]}
+            self.asks = {Decimal(p): Decimal(q) for p, q in data["a"]}
+            assert [Decimal(p) for p, _ in data["b"]] == sorted(self.bids, reverse=True)
+            assert [Decimal(p) for p, _ in data["a"]] == sorted(self.asks)
+        else:
+            assert data["u"] == self.u + 1, f"gap: {self.u} -> {data['u']}"
+            apply_levels(self.bids, data["b"])
+            apply_levels(self.asks, data["a"])
+        self.u = data["u"]
+        assert max(self.bids) < min(self.asks), "crossed book"
+
+
+@pytest.mark.parametrize("category", list(Category))
+@pytest.mark.parametrize("depth", [1, 50, 200])
+def test_orderbook_feed_deltas_rebuild_the_book_exactly(category, depth):
+    inst = Instrument(instrument_spec(category, "ETHUSDT"), seed=1)
+    feed = OrderbookFeed(category, Topic(TopicKind.ORDERBOOK, "ETHUSDT", depth=depth), inst)
+    book = LocalBook()
+    book.apply(feed.snapshot(0))
+    for step in range(1, 200):
+        inst.step(step * 20)
+        for emission in feed.tick(step * 20):
+            book.apply(emission.message)
+            assert len(book.bids) <= depth and len(book.asks) <= depth
+    truth = feed.snapshot(10**6)["data"]
+    assert book.bids == {Decimal(p): Decimal(q) for p, q in truth["b"]}
+    assert len(truth["b"]) == depth and len(truth["a"]) == depth
+
+
+def test_orderbook_feed_skip_u_and_restart():
+    inst = Instrument(instrument_spec(Category.SPOT, "BTCUSDT"), seed=2)
+    feed = OrderbookFeed(Category.SPOT, Topic(TopicKind.ORDERBOOK, "BTCUSDT", depth=50), inst)
+    u0 = feed.snapshot(0)["data"]["u"]
+    feed.skip_u()
+    inst.step(1)
+    assert feed.tick(1)[0].message["data"]["u"] == u0 + 2
+    feed.restart()
+    inst.step(2)
+    (restart,) = feed.tick(2)
+    assert restart.full and restart.message["type"] == "snapshot" and restart.message["data"]["u"] == 1
+    inst.step(3)
+    assert feed.tick(3)[0].message["data"]["u"] == 2
+
+
+def test_linear_ticker_is_a_snapshot_then_changed_fields_only():
+    inst = Instrument(instrument_spec(Category.LINEAR, "BTCUSDT"), seed=3)
+    feed = LinearTickerFeed(Category.LINEAR, Topic(TopicKind.TICKERS, "BTCUSDT"), inst, 0)
+    state = dict(feed.snapshot(0)["data"])
+    for step in range(1, 50):
+        inst.step(step)
+        for emission in feed.tick(step):
+            data = emission.message["data"]
+            assert emission.message["type"] == "delta" and data["symbol"] == "BTCUSDT"
+            assert all(state[k] != v for k, v in data.items() if k != "symbol")
+            state.update(data)
+    assert state == feed.snapshot(99)["data"]
+
+
+def test_kline_confirms_once_when_the_candle_ends():
+    inst = Instrument(instrument_spec(Category.SPOT, "BTCUSDT"), seed=4)
+    start, end = interval_bounds("1", 1_700_000_000_000)
+    feed = KlineFeed(Category.SPOT, Topic(TopicKind.KLINE, "BTCUSDT", interval="1"), inst, end - 50)
+    inst.step(end - 10)
+    (open_candle,) = feed.tick(end - 10)
+    assert open_candle.message["data"][0]["confirm"] is False
+    inst.step(end + 5)
+    closed, new = feed.tick(end + 5)
+    assert closed.message["data"][0] | {"confirm": None} == open_candle.message["data"][0] | {"confirm": None}
+    assert closed.message["data"][0]["confirm"] is True and closed.message["data"][0]["end"] == end
+    assert new.message["data"][0]["start"] == end + 1 and new.message["data"][0]["confirm"] is False
+    assert start == end - 59_999
+    assert interval_bounds("W", 1_700_000_000_000)[0] % 86_400_000 == 0  # a Monday 00:00 UTC
+
+
+# --- pure: faults ---------------------------------------------------------------------------
+
+
+def test_fault_commands_are_validated():
+    assert faults.parse_fault({"fault": "silent", "seconds": 2, "category": "spot"}) == faults.Silent(Category.SPOT, 2)
+    assert faults.parse_fault({"fault": "reject_subscribe"}) == faults.RejectSubscribe(count=1)
+    for bad, message in [
+        ({"fault": "nap"}, "unknown fault 'nap'"),
+        ({"fault": "close", "seconds": 1}, "unexpected key 'seconds'"),
+        ({"fault": "close", "code": 1005}, "cannot be sent"),
+        ({"fault": "silent", "seconds": -1}, "seconds must be"),
+        ({"fault": "garbage", "count": 0}, "count must be"),
+        ({"fault": "refuse", "mode": "rst"}, "mode must be"),
+        ({"fault": "resume", "category": "option"}, "unknown category"),
+        ({"fault": "reject_subscribe", "count": 1, "symbol": "X"}, "not both"),
+        ([], "json object"),
+    ]:
+        with pytest.raises(faults.FaultError, match=message):
+            faults.parse_fault(bad)
+
+
+def test_fault_book_spends_counts_and_expires_refusals():
+    now = [0.0]
+    book = faults.FaultBook(lambda: now[0])
+    book.add(faults.RejectSubscribe(Category.SPOT, count=2))
+    book.add(faults.RejectSubscribe(symbol="ETHUSDT"))
+    book.add(faults.Refuse(seconds=1.0, mode="503"))
+    assert book.take_reject(Category.LINEAR, ["BTCUSDT"]) is None
+    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == 0
+    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == 0
+    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) is None
+    assert book.take_reject(Category.LINEAR, ["BTCUSDT", "ETHUSDT"]) == 1
+    assert book.refusal(Category.SPOT) == "503"
+    now[0] = 1.5
+    assert book.refusal(Category.SPOT) is None
+    book.clear()
+    assert book.take_reject(Category.LINEAR, ["ETHUSDT"]) is None
+
+
+# --- real sockets: the simulator in a subprocess --------------------------------------------
+
+
+class Sim:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def url(self, category: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/v5/public/{category}"
+
+    def http(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def fault(self, **command: Any) -> dict[str, Any]:
+        status, body = self.http("POST", "/control/fault", command)
+        assert status == 200, body
+        return body
+
+    def state(self) -> dict[str, Any]:
+        return self.http("GET", "/control/state")[1]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Sim]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--port",
+            "0",
+            "--rate-hz",
+            str(RATE_HZ),
+            "--idle-timeout",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        yield Sim(int(line.rsplit(":", 1)[1]))
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+
+
+@pytest.fixture
+def connect(sim: Sim) -> Iterator[Callable[..., WebSocket]]:
+    """Open websocket-client connections; all closed, and every fault cleared, after the test."""
+    opened: list[WebSocket] = []
+
+    def open_ws(category: str = "spot") -> WebSocket:
+        ws = create_connection(sim.url(category), timeout=2)
+        opened.append(ws)
+        return ws
+
+    yield open_ws
+    sim.fault(fault="resume")
+    for ws in opened:
+        ws.close(timeout=0.2)
+
+
+def send(ws: WebSocket, **request: Any) -> None:
+    ws.send(json.dumps(request))
+
+
+def recv(ws: WebSocket) -> dict[str, Any]:
+    return json.loads(ws.recv())
+
+
+def recv_until(ws: WebSocket, predicate: Callable[[dict[str, Any]], bool], limit: int = 200) -> dict[str, Any]:
+    for _ in range(limit):
+        message = recv(ws)
+        if predicate(message):
+            return message
+    raise AssertionError("no matching message")
+
+
+def is_reply(message: dict[str, Any]) -> bool:
+    return "op" in message
+
+
+def subscribe(ws: WebSocket, *args: str, **extra: Any) -> dict[str, Any]:
+    send(ws, op="subscribe", args=list(args), **extra)
+    return recv_until(ws, is_reply)
+
+
+@needs_fixtures
+def test_subscribe_ack_and_pong_shapes_match_bybit(connect):
+    spot, linear = connect("spot"), connect("linear")
+    ack = subscribe(spot, "tickers.BTCUSDT", req_id="10001")
+    assert shape(ack) == shape(fixture("subscribe_ok"))
+    assert ack["success"] is True and ack["ret_msg"] == "subscribe" and ack["req_id"] == "10001"
+    ack = subscribe(linear, "tickers.BTCUSDT")
+    assert shape(ack) == shape(fixture("subscribe_ok_linear")) and ack["req_id"] == ""
+    send(spot, op="ping")
+    assert shape(recv_until(spot, is_reply)) == shape(fixture("pong_spot"))
+    send(spot, op="ping", req_id="b26704da")
+    pong = recv_until(spot, is_reply)
+    assert pong["req_id"] == "b26704da" and pong["op"] == "ping" and pong["ret_msg"] == "pong"
+    send(linear, op="ping")
+    assert shape(recv_until(linear, is_reply)) == shape(fixture("pong_linear"))
+    send(linear, op="unsubscribe", args=["tickers.BTCUSDT"], req_id="3")
+    assert shape(recv_until(linear, is_reply)) == shape(fixture("unsubscribe_ok_linear"))
+    send(spot, op="unsubscribe", args=["tickers.BTCUSDT"])
+    assert recv_until(spot, is_reply)["ret_msg"] == "unsubscribe"
+
+
+def test_control_ping_frames_get_pongs(connect):
+    ws = connect("linear")
+    ws.ping(b"hb")
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert (opcode, frame.data) == (ABNF.OPCODE_PONG, b"hb")
+
+
+def test_spot_rejects_more_than_ten_args_and_linear_does_not(connect):
+    args = [f"tickers.C{i}USDT" for i in range(11)]
+    reply = subscribe(connect("spot"), *args)
+    assert reply == {"success": False, "ret_msg": "args size >10", "conn_id": reply["conn_id"], "op": "subscribe"}
+    assert subscribe(connect("linear"), *args)["success"] is True
+
+
+@needs_fixtures
+def test_invalid_symbols_fail_with_each_markets_shape(connect):
+    spot = subscribe(connect("spot"), "tickers.XINVALIDUSDT")
+    assert shape(spot) == shape(fixture("subscribe_fail_spot_invalid_symbol"))
+    assert spot["ret_msg"] == "Invalid symbol :[tickers.XINVALIDUSDT]" and spot["success"] is False
+    linear_ws = connect("linear")
+    linear = subscribe(linear_ws, "orderbook.50.BTCUSDT", "publicTrade.NOPE")
+    assert shape(linear) == shape(fixture("subscribe_fail"))
+    assert linear["ret_msg"] == "error:handler not found,topic:publicTrade.NOPE"
+    # the whole request failed: nothing streams, and the connection still works
+    assert subscribe(linear_ws, "kline.1.BTCUSDT")["success"] is True
+    assert recv(linear_ws)["topic"] == "kline.1.BTCUSDT"
+    dup = subscribe(linear_ws, "kline.1.BTCUSDT")
+    assert dup["ret_msg"] == "error:already subscribed,topic:kline.1.BTCUSDT" and dup["success"] is False
+
+
+@needs_fixtures
+@pytest.mark.parametrize("category", ["spot", "linear"])
+def test_every_topic_streams_with_bybits_types(connect, category):
+    ws = connect(category)
+    topics = ["tickers.BTCUSDT", "publicTrade.BTCUSDT", "orderbook.50.BTCUSDT", "kline.5.BTCUSDT"]
+    assert subscribe(ws, *topics)["success"] is True
+    seen: dict[str, dict[str, Any]] = {}
+    while len(seen) < 4:
+        message = recv(ws)
+        seen.setdefault(message["topic"], message)
+    kline, trade = seen["kline.5.BTCUSDT"], seen["publicTrade.BTCUSDT"]
+    assert sorted(shape(kline)) == sorted(shape(fixture("kline")))
+    assert shape(kline["data"][0]) == shape(fixture("kline")["data"][0]) and kline["data"][0]["confirm"] is False
+    assert kline["data"][0]["end"] - kline["data"][0]["start"] == 5 * 60_000 - 1
+    expected_trade = dict(fixture("public_trade")["data"][0])
+    if category == "spot":
+        del expected_trade["L"]
+        expected_trade = {**{k: v for k, v in expected_trade.items() if k != "seq"}, "RPI": False, "seq": 1}
+        assert trade["data"][0]["i"].isdigit()
+    assert shape(trade["data"][0]) == shape(expected_trade) and trade["type"] == "snapshot"
+    book = seen["orderbook.50.BTCUSDT"]
+    assert book["type"] == "snapshot"
+    assert sorted(shape(book)) == sorted(shape(fixture("orderbook_snapshot")))
+    ticker = seen["tickers.BTCUSDT"]
+    assert ticker["type"] == "snapshot"
+    reference = fixture("spot_ticker_snapshot" if category == "spot" else "linear_ticker_snapshot_docs")
+    assert sorted(shape(ticker)) == sorted(shape(reference))
+    assert shape(ticker["data"]) == shape(reference["data"])
+    now_ms = time.time() * 1000
+    assert all(abs(m["ts"] - now_ms) < 5000 for m in seen.values())
+    price = Decimal(ticker["data"]["lastPrice"])
+    assert 50_000 < price < 70_000 and price % Decimal("0.01") == 0
+
+
+def test_orderbook_u_rises_by_one_and_the_book_stays_sane(connect):
+    ws = connect("spot")
+    subscribe(ws, "orderbook.50.ETHUSDT")
+    book = LocalBook()
+    first = recv(ws)
+    assert first["type"] == "snapshot"
+    book.apply(first)
+    for _ in range(15):
+        message = recv(ws)
+        assert message["type"] == "delta" and message["topic"] == "orderbook.50.ETHUSDT"
+        book.apply(message)
+    assert 2500 < min(book.asks) < 3500
+
+
+def test_linear_tickers_are_a_snapshot_then_deltas(connect):
+    ws = connect("linear")
+    subscribe(ws, "tickers.ETHUSDT")
+    snapshot = recv(ws)
+    assert snapshot["type"] == "snapshot" and len(snapshot["data"]) == 25
+    cs = snapshot["cs"]
+    for _ in range(5):
+        delta = recv(ws)
+        assert delta["type"] == "delta" and delta["data"]["symbol"] == "ETHUSDT"
+        assert 1 < len(delta["data"]) < 25 and delta["cs"] > cs
+        cs = delta["cs"]
+
+
+def test_control_state_lists_connections_and_subscriptions(sim, connect):
+    ws = connect("linear")
+    subscribe(ws, "publicTrade.SOLUSDT")
+    recv(ws)
+    state = sim.state()
+    mine = [c for c in state["connections"] if c["subscriptions"] == ["publicTrade.SOLUSDT"]]
+    assert len(mine) == 1 and mine[0]["category"] == "linear" and mine[0]["messages_sent"] >= 2
+    assert "linear:publicTrade.SOLUSDT" in state["topics"] and state["counts"]["messages_sent"] > 0
+    assert sim.http("POST", "/control/fault", {"fault": "nap"}) == (400, {"ok": False, "error": "unknown fault 'nap'"})
+    assert sim.http("GET", "/nothing")[0] == 404
+
+
+# --- faults, each seen from the client side ---------------------------------------------------
+
+
+def test_close_fault_sends_the_code_asked(sim, connect):
+    ws = connect("spot")
+    subscribe(ws, "publicTrade.BTCUSDT")
+    sim.fault(fault="close", code=4000, reason="test", category="spot")
+    while True:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == ABNF.OPCODE_CLOSE:
+            break
+    assert frames.parse_close_payload(frame.data) == (4000, "test")
+
+
+def test_abrupt_close_fault_drops_tcp(sim, connect):
+    ws = connect("linear")
+    subscribe(ws, "publicTrade.BTCUSDT")
+    sim.fault(fault="close", abrupt=True)
+    with pytest.raises(WebSocketConnectionClosedException):
+        for _ in range(100):
+            ws.recv()
+
+
+def test_silent_fault_stops_everything_then_resyncs_with_a_snapshot(sim, connect):
+    ws = connect("spot")
+    subscribe(ws, "orderbook.50.BTCUSDT")
+    recv(ws)
+    sim.fault(fault="silent", seconds=0.5)
+    started = time.monotonic()
+    send(ws, op="ping")  # no pong either
+    ws.settimeout(0.05)
+    with pytest.raises(WebSocketTimeoutException):  # frames already in flight drain first
+        while True:
+            ws.recv()
+    ws.settimeout(0.4 - (time.monotonic() - started))
+    with pytest.raises(WebSocketTimeoutException):
+        ws.recv()
+    ws.settimeout(2)
+    after = recv(ws)
+    assert time.monotonic() - started >= 0.45
+    assert after["topic"] == "orderbook.50.BTCUSDT" and after["type"] == "snapshot"
+
+
+def test_garbage_fault_sends_frames_no_parser_accepts(sim, connect):
+    ws = connect("spot")
+    sim.fault(fault="garbage", count=3)
+    received = [ws.recv_data() for _ in range(3)]
+    assert [opcode for opcode, _ in received] == [ABNF.OPCODE_TEXT, ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY]
+    with pytest.raises(ValueError):
+        json.loads(received[0][1])
+    assert json.loads(received[1][1])["topic"] == 42  # JSON, but not Bybit's schema
+
+
+def test_reject_subscribe_fault_counts_and_symbols(sim, connect):
+    ws = connect("spot")
+    sim.fault(fault="reject_subscribe", count=1)
+    failed = subscribe(ws, "tickers.BTCUSDT")
+    assert failed["success"] is False and failed["ret_msg"] == "Invalid symbol :[tickers.BTCUSDT]"
+    assert subscribe(ws, "tickers.BTCUSDT")["success"] is True
+    sim.fault(fault="reject_subscribe", symbol="ETHUSDT", category="linear")
+    linear = connect("linear")
+    for _ in range(2):
+        failed = subscribe(linear, "publicTrade.ETHUSDT")
+        assert failed["ret_msg"] == "error:handler not found,topic:publicTrade.ETHUSDT"
+    assert subscribe(linear, "publicTrade.SOLUSDT")["success"] is True
+
+
+def test_skip_u_fault_leaves_a_gap(sim, connect):
+    ws = connect("linear")
+    subscribe(ws, "orderbook.200.BTCUSDT")
+    last_u = recv(ws)["data"]["u"]
+    result = sim.fault(fault="skip_u", symbol="BTCUSDT")
+    assert result["topics"] == ["linear:orderbook.200.BTCUSDT"]
+    for _ in range(20):
+        u = recv(ws)["data"]["u"]
+        if u != last_u + 1:
+            break
+        last_u = u
+    assert u == last_u + 2
+
+
+def test_u1_snapshot_fault_restarts_the_book(sim, connect):
+    ws = connect("spot")
+    subscribe(ws, "orderbook.1.BTCUSDT")
+    assert recv(ws)["data"]["u"] > 1
+    sim.fault(fault="u1_snapshot", category="spot")
+    restart = recv_until(ws, lambda m: m["data"]["u"] == 1)
+    assert restart["type"] == "snapshot"
+    assert recv(ws)["data"]["u"] == 2
+
+
+def test_snapshot_before_ack_fault(sim, connect):
+    ws = connect("linear")
+    sim.fault(fault="snapshot_before_ack")
+    send(ws, op="subscribe", args=["orderbook.50.BTCUSDT"], req_id="x")
+    first, second = recv(ws), recv(ws)
+    assert first["type"] == "snapshot" and first["topic"] == "orderbook.50.BTCUSDT"
+    assert second["op"] == "subscribe" and second["success"] is True
+    # only the next subscribe: the one after gets its ack first
+    send(ws, op="subscribe", args=["orderbook.50.ETHUSDT"])
+    assert recv_until(ws, lambda m: "op" in m or m["topic"].endswith("ETHUSDT"))["op"] == "subscribe"
+
+
+def test_refuse_fault_fails_connects_until_resume(sim, connect):
+    sim.fault(fault="refuse", seconds=30)
+    with pytest.raises((WebSocketConnectionClosedException, ConnectionError)):
+        create_connection(sim.url("spot"), timeout=2)
+    sim.fault(fault="refuse", seconds=30, mode="503", category="linear")
+    sim.fault(fault="resume", category="spot")
+    with pytest.raises(WebSocketBadStatusException) as info:
+        create_connection(sim.url("linear"), timeout=2)
+    assert info.value.status_code == 503
+    assert sim.state()["faults"]["refuse"][0]["mode"] == "503"
+    connect("spot")  # spot was resumed
+    sim.fault(fault="resume")
+    connect("linear")
+
+
+# --- in process --------------------------------------------------------------------------------
+
+
+def test_in_process_server_with_plain_gevent_and_an_idle_cut_off():
+    """``SimulatorServer`` in this (unpatched) process; websocket-client in a real thread."""
+    server = SimulatorServer(port=0, seed=5, rate_hz=RATE_HZ, idle_timeout=0.3)
+    server.start()
+    url = server.url("spot")
+
+    def client() -> tuple[dict[str, Any], dict[str, Any], float]:
+        ws = create_connection(url, timeout=2)
+        ws.send(json.dumps({"op": "subscribe", "args": ["publicTrade.BTCUSDT"]}))
+        ack, trade = json.loads(ws.recv()), json.loads(ws.recv())
+        started = time.monotonic()
+        with pytest.raises(WebSocketConnectionClosedException):
+            while True:  # sends nothing: cut off after idle_timeout
+                ws.recv()
+        return ack, trade, time.monotonic() - started
+
+    try:
+        assert url == f"ws://127.0.0.1:{server.port}/v5/public/spot"
+        ack, trade, idle = gevent.get_hub().threadpool.spawn(client).get(timeout=5)
+        assert ack["ret_msg"] == "subscribe" and trade["topic"] == "publicTrade.BTCUSDT"
+        assert 0.1 < idle < 1.5
+        assert server.state()["counts"]["connections_closed_idle"] == 1
+        with pytest.raises(faults.FaultError):
+            server.inject({"fault": "bogus"})
+        assert server.inject({"fault": "resume"})["ok"] is True
+    finally:
+        server.stop()
+
+
+def test_in_process_server_under_patch_all():
+    """The gateway's setting: patch_all() first, websocket-client in a greenlet."""
+    script = textwrap.dedent(
+        """
+        from gevent import monkey
+        monkey.patch_all()
+        import json, gevent
+        from websocket import create_connection
+        from simulator.server import SimulatorServer
+
+        server = SimulatorServer(port=0, rate_hz=50)
+        server.start()
+
+        def client():
+            ws = create_connection(server.url("linear"), timeout=2)
+            ws.send(json.dumps({"op": "subscribe", "args": ["orderbook.50.BTCUSDT"]}))
+            kinds = [json.loads(ws.recv()) for _ in range(3)]
+            ws.close()
+            return [m.get("op") or m["type"] for m in kinds]
+
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(5)])
+        print(json.dumps(gevent.spawn(client).get(timeout=5)), len(ticker.get(timeout=5)))
+        server.stop()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == '["subscribe", "snapshot", "delta"] 5'
