@@ -1,7 +1,8 @@
 """ChannelActor: one per channel key; fans each publication out to its subscribers.
 
-Takes: :class:`Join`, :class:`Leave`, :class:`Publish`, :class:`IdleCheck`.
-Sends: nothing as messages. Each publication is encoded once into a text
+Takes: :class:`Join`, :class:`Leave`, :class:`Publish`, :class:`Evict`,
+:class:`IdleCheck`.
+Sends: :class:`SubscriptionRevoked` to the connections it evicts. Each publication is encoded once into a text
 frame and the same bytes are pushed into every subscriber's outbox; an
 outbox that is full refuses the frame and closes its connection as a slow
 consumer (the channel never blocks on a client).
@@ -19,7 +20,7 @@ from typing import Any
 
 import gevent
 
-from actors.messages import IdleCheck, Join, Leave, Publish
+from actors.messages import Evict, IdleCheck, Join, Leave, Publish, SubscriptionRevoked
 from actors.runtime import GeventActor
 from protocol.channels import ChannelKey
 from protocol.messages import data_message
@@ -48,6 +49,7 @@ class ChannelActor(GeventActor):
         self.epoch = int(time.time() * 1000)
         self.seq = 0
         self.subscribers: dict[str, Outbox] = {}
+        self.owners: dict[str, Any] = {}
         self.retained: bytes | None = None
         self._on_idle = on_idle
         self._on_count = on_count
@@ -60,16 +62,30 @@ class ChannelActor(GeventActor):
             return self._publish(message)
         if isinstance(message, Join):
             self.subscribers[message.session_id] = message.outbox
+            self.owners[message.session_id] = message.owner
             if self.retained is not None:
                 message.outbox.push(self.retained)
             self._on_count(self.key, len(self.subscribers))
             return None
         if isinstance(message, Leave):
             if self.subscribers.pop(message.session_id, None) is not None:
+                self.owners.pop(message.session_id, None)
                 self._on_count(self.key, len(self.subscribers))
                 if not self.subscribers:
-                    self._idle_generation += 1
-                    gevent.spawn_later(self._idle_grace, self._tell_idle, self._idle_generation)
+                    self._idle_soon()
+            return None
+        if isinstance(message, Evict):
+            frame = encode_frame(Opcode.TEXT, message.frame_text.encode("utf-8"))
+            for session_id, outbox in self.subscribers.items():
+                outbox.push(frame)
+                owner = self.owners.get(session_id)
+                if owner is not None:
+                    owner.tell(SubscriptionRevoked(self.key))
+            self.subscribers.clear()
+            self.owners.clear()
+            self.retained = None
+            self._on_count(self.key, 0)
+            self._idle_soon()
             return None
         if isinstance(message, IdleCheck):
             if not self.subscribers and message.generation == self._idle_generation:
@@ -77,6 +93,10 @@ class ChannelActor(GeventActor):
                 self.stop()
             return None
         return super().on_receive(message)
+
+    def _idle_soon(self) -> None:
+        self._idle_generation += 1
+        gevent.spawn_later(self._idle_grace, self._tell_idle, self._idle_generation)
 
     def _tell_idle(self, generation: int) -> None:
         if not self.actor_stopped.is_set():

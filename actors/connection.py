@@ -2,7 +2,7 @@
 
 Takes: :class:`Inbound` (a parsed client message), :class:`Rejected` (a
 message that failed to parse), :class:`CloseConnection`,
-:class:`Disconnected`.
+:class:`Disconnected`, :class:`SubscriptionRevoked`.
 Sends: ``Join``/``Leave`` to channel actors through the hub, ``Publish`` to
 the ``bot-commands`` channel; replies to the client go into its outbox.
 
@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from actors.messages import CloseConnection, Disconnected, Inbound, Publish, Rejected
+from actors.messages import CloseConnection, Disconnected, Inbound, Publish, Rejected, SubscriptionRevoked
 from actors.runtime import GeventActor
 from gateway.auth import AuthError
 from protocol.channels import SERVICE_CHANNELS, Channel, ChannelKey, keys_for
@@ -107,6 +107,8 @@ class ConnectionActor(GeventActor):
             self._close(CloseCode(message.code), message.reason, discard_pending=message.discard_pending)
         elif isinstance(message, Disconnected):
             self.stop()
+        elif isinstance(message, SubscriptionRevoked):
+            self._revoked(message.key)
         else:
             super().on_receive(message)
 
@@ -163,6 +165,14 @@ class ConnectionActor(GeventActor):
         for key in keys or ():
             self.hub.leave(self.session, key)
         self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id, was_subscribed=keys is not None))
+
+    def _revoked(self, key: ChannelKey) -> None:
+        self.session.channels.discard(key)
+        for ident, keys in list(self.subscriptions.items()):
+            if key in keys:
+                keys.remove(key)
+                if not keys:
+                    del self.subscriptions[ident]
 
     def _refresh(self, msg: Refresh) -> None:
         try:

@@ -48,20 +48,28 @@ class CloseConnection:
     discard_pending: bool = False
 
 
+# --- to a channel actor --------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class ChannelGone:
-    """A channel this connection is subscribed to failed; re-join through the hub."""
+class SubscriptionRevoked:
+    """The channel dropped this connection (the exchange rejected its symbol)."""
 
     key: ChannelKey
-
-
-# --- to a channel actor --------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Join:
     session_id: str
     outbox: Outbox
+    owner: Any = None  # the connection actor's ref, told SubscriptionRevoked on Evict
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Send ``frame_text`` to every subscriber, then drop them all."""
+
+    frame_text: str
 
 
 @dataclass(frozen=True, slots=True)

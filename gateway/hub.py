@@ -112,7 +112,7 @@ class Hub:
         session.channels.add(key)
         for _ in range(2):
             try:
-                self.channel(key).tell(Join(session.session_id, session.outbox))
+                self.channel(key).tell(Join(session.session_id, session.outbox, session.actor))
                 return
             except pykka.ActorDeadError:
                 self.channels.pop(key, None)
