@@ -34,6 +34,13 @@ class Metrics:
     errors_sent: Counter
     publications: Counter
     # --- supervision (section owned by supervision.py) ----------------------
+    supervisor_restarts: Counter
+    supervisor_failures: Counter
+    supervisor_backoff_seconds: Gauge
+    supervisor_circuit_state: Gauge
+    supervisor_time_to_recover_seconds: Histogram
+    supervisor_stash_dropped: Counter
+    supervisor_escalations: Counter
     # --- market data (section owned by actors/exchange_stream.py) -----------
 
 
@@ -57,6 +64,33 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
         messages_dropped=Counter("ws_messages_dropped", "Messages not delivered, by reason", ["reason"], registry=r),
         errors_sent=Counter("ws_errors_sent", "error messages sent by code", ["code"], registry=r),
         publications=Counter("ws_publications", "Publications accepted by channel", ["channel"], registry=r),
+    )
+    # --- supervision (section owned by supervision.py) ----------------------
+    # reason: a failure phase (start, stop, killed, hung, normal) or an
+    # exception type from supervision.REASON_TYPES; child_id only for static
+    # children (exchange streams), never for connections or channels.
+    m.update(
+        supervisor_restarts=Counter("ws_supervisor_restarts", "Child restarts scheduled, by kind and reason",
+                                    ["kind", "reason"], registry=r),
+        supervisor_failures=Counter("ws_supervisor_child_failures",
+                                    "Child deaths by kind and reason, restarted or not", ["kind", "reason"],
+                                    registry=r),
+        supervisor_backoff_seconds=Gauge("ws_supervisor_backoff_seconds",
+                                         "Restart delay a static child waits now (0 when running)", ["child_id"],
+                                         registry=r),
+        supervisor_circuit_state=Gauge("ws_supervisor_circuit_state",
+                                       "Circuit of a static child: 0 closed, 1 half-open, 2 open", ["child_id"],
+                                       registry=r),
+        supervisor_time_to_recover_seconds=Histogram(
+            "ws_supervisor_time_to_recover_seconds", "First failure to the next incarnation running, by kind",
+            ["kind"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+        ),
+        supervisor_stash_dropped=Counter("ws_supervisor_stash_dropped",
+                                         "Messages to a down child not delivered (full stash, not restarted)",
+                                         ["kind", "reason"], registry=r),
+        supervisor_escalations=Counter("ws_supervisor_escalations",
+                                       "Supervisor-wide restart intensity exceeded", registry=r),
     )
     names = {f.name for f in fields(Metrics)}
     return Metrics(**{k: v for k, v in m.items() if k in names})
