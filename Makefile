@@ -13,7 +13,7 @@ $(STAMP): setup.cfg
 	touch $(STAMP)
 
 run: $(STAMP)          ## the gateway with everything embedded: demo key, simulated exchange
-	DEMO_MODE=true $(PY) app.py
+	DEMO_MODE=true MARKET_SOURCE=$${MARKET_SOURCE:-simulator} $(PY) app.py
 
 test: $(STAMP)         ## the whole suite
 	$(PY) -m pytest -q

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from gateway.config import ConfigError, Settings
 from gateway.http import create_app
 from gateway.hub import Hub
 from gateway.logs import configure_logging
+from gateway.marketdata import MarketData
 from gateway.server import Gateway
 from metrics.definitions import build as build_metrics
 from protocol.close_codes import CloseCode
+from supervision import Supervisor, exit_process
 from transport.handler import GatewayHandler
 
 log = logging.getLogger("gateway")
@@ -43,34 +45,38 @@ class System:
     settings: Settings
     gateway: Gateway
     server: WSGIServer
+    supervisor: Supervisor
+    market: MarketData
     stopping: bool = False
-    extras: list[Any] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.server.server_port
 
     def start(self) -> None:
+        self.market.start()
         self.server.start()
         self.gateway.start_sweeper()
 
     def shutdown(self, exit_code: int = 0) -> None:
-        """Drain: health 503, refuse new connections, close clients with 1001, stop."""
+        """Drain within ``SHUTDOWN_TIMEOUT``: /health 503 and new upgrades refused
+        at once, clients closed with 1001 in batches (each with a jittered
+        reconnect hint), then the bridge and exchange streams, then the server."""
         if self.stopping:
             return
         self.stopping = True
         deadline = time.monotonic() + self.settings.shutdown_timeout
         self.gateway.draining = True
-        log.info("shutting down: closing connections", extra={"fields": {
-            "connections": len(self.gateway.hub.sessions)}})
-        self.server.close()  # stop accepting; open connections keep their greenlets
-        self.gateway.close_all(CloseCode.GOING_AWAY)
-        while self.gateway.hub.sessions and time.monotonic() < deadline - 1.0:
+        count = self.gateway.close_all(CloseCode.GOING_AWAY)
+        log.info("shutting down: closing connections", extra={"fields": {"connections": count}})
+        while self.gateway.hub.sessions and time.monotonic() < deadline - 2.0:
             gevent.sleep(0.05)
-        for extra in reversed(self.extras):
-            extra.stop()
-        self.server.stop(timeout=max(0.1, deadline - time.monotonic()))
-        log.info("stopped", extra={"fields": {"exit_code": exit_code}})
+        # Children stop in reverse start order: the bridge, then the exchange streams.
+        self.supervisor.shutdown(timeout_per_child=max(0.1, min(2.0, (deadline - time.monotonic()) / 4)))
+        self.market.stop()
+        self.server.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
+        log.info("stopped", extra={"fields": {"exit_code": exit_code,
+                                              "unclosed": len(self.gateway.hub.sessions)}})
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -93,13 +99,23 @@ def build(settings: Settings) -> System:
     metrics = build_metrics()
     hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user)
     gateway = Gateway(settings, metrics, hub)
-    app = create_app(gateway)
+    supervisor = Supervisor("root", metrics=metrics, on_escalate=lambda reason: exit_process(reason))
+    market = MarketData(settings, hub, supervisor, metrics)
+
+    def supervision_health() -> tuple[str, bool, Any]:
+        return "supervisor", supervisor.healthy(), supervisor.status(dynamic=False)
+
+    app = create_app(
+        gateway,
+        health_checks=[supervision_health],
+        stats_sections=[lambda: ("bridge", market.stats()), lambda: ("supervisor", supervisor.status())],
+    )
     server = WSGIServer((settings.host, settings.port), app, handler_class=GatewayHandler, log=None,
                         error_log=logging.getLogger("gateway.wsgi"))
     server.gateway = gateway
     server.handshake_timeout = settings.connection_timeout
     gateway.server = server
-    return System(settings, gateway, server)
+    return System(settings, gateway, server, supervisor, market)
 
 
 def main() -> int:

@@ -9,7 +9,9 @@ consumer (the channel never blocks on a client).
 
 A channel with no subscribers for ``idle_grace`` seconds stops and removes
 itself from the hub; the hub starts a fresh one (a new ``epoch``) on the
-next subscribe.
+next subscribe. A channel whose handler fails is replaced by the hub at once
+with the same subscribers (``on_failed``): the publication being handled is
+lost and ``seq`` starts again at 1, which clients see as a gap.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ChannelActor(GeventActor):
         *,
         on_idle: Callable[[ChannelKey, Any], None],
         on_count: Callable[[ChannelKey, int], None],
+        on_failed: Callable[[ChannelKey, Any, dict[str, Outbox], dict[str, Any]], None] | None = None,
         sent_counter: Any = None,
         idle_grace: float = 30.0,
     ) -> None:
@@ -53,6 +56,7 @@ class ChannelActor(GeventActor):
         self.retained: bytes | None = None
         self._on_idle = on_idle
         self._on_count = on_count
+        self._on_failed = on_failed
         self._sent = sent_counter
         self._idle_grace = idle_grace
         self._idle_generation = 0
@@ -93,6 +97,12 @@ class ChannelActor(GeventActor):
                 self.stop()
             return None
         return super().on_receive(message)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Not left to die with its subscribers: the hub starts a successor
+        # at once and moves every subscriber over (a new epoch, seq from 1).
+        if self._on_failed is not None:
+            self._on_failed(self.key, self.actor_ref, dict(self.subscribers), dict(self.owners))
 
     def _idle_soon(self) -> None:
         self._idle_generation += 1

@@ -18,9 +18,10 @@ __all__ = ["WSClient", "connect"]
 
 
 class WSClosed(Exception):
-    def __init__(self, code: int | None) -> None:
-        super().__init__(code)
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(code, reason)
         self.code = code
+        self.reason = reason
 
 
 class WSClient:
@@ -64,7 +65,9 @@ class WSClient:
                 self._send_control(0xA, payload)
             elif opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-                raise WSClosed(code)
+                # Answer the close (RFC 6455 §5.5.1), as a well-behaved client does.
+                self._send_control(0x8, payload[:2])
+                raise WSClosed(code, payload[2:].decode("utf-8", "replace"))
 
     async def recv_json(self) -> Any:
         return json.loads(await self.recv())

@@ -27,6 +27,13 @@ def _flag(env: dict[str, str], name: str, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -70,6 +77,21 @@ class Settings:
     sweep_interval: float = 1.0
     shutdown_timeout: float = 10.0
     test_echo_route: bool = False
+    # market data
+    market_source: str = "none"  # bybit | simulator | none
+    bybit_testnet: bool = True
+    bybit_ws_base: str | None = None  # e.g. ws://127.0.0.1:9100/v5/public (the category is appended)
+    market_categories: tuple[str, ...] = ("spot", "linear")
+    popular_pairs: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "ADAUSDT", "SOLUSDT")
+    upstream_ping_interval: float = 20.0
+    upstream_stale_after: float = 30.0
+    unsubscribe_grace: float = 5.0
+    status_interval: float = 5.0
+    restart_base: float = 0.5
+    restart_cap: float = 30.0
+    restart_floor: float = 0.1
+    restart_reset_after: float = 30.0
+    circuit_cooldown: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -119,4 +141,19 @@ class Settings:
             sweep_interval=_ms(env, "WS_SWEEP_INTERVAL", 1000),
             shutdown_timeout=_ms(env, "SHUTDOWN_TIMEOUT", 10000),
             test_echo_route=_flag(env, "GATEWAY_TEST_ECHO"),
+            market_source=_choice(env, "MARKET_SOURCE", ("bybit", "simulator", "none"), "bybit"),
+            bybit_testnet=_flag(env, "BYBIT_TESTNET", True),
+            bybit_ws_base=env.get("BYBIT_WS_URL") or None,
+            market_categories=tuple(c for c in env.get("MARKET_CATEGORIES", "spot,linear").split(",") if c),
+            popular_pairs=tuple(p.strip().upper() for p in
+                                env.get("POPULAR_PAIRS", "BTCUSDT,ETHUSDT,ADAUSDT,SOLUSDT").split(",") if p.strip()),
+            upstream_ping_interval=_ms(env, "UPSTREAM_PING_INTERVAL", 20000),
+            upstream_stale_after=_ms(env, "UPSTREAM_STALE_AFTER", 30000),
+            unsubscribe_grace=_ms(env, "MARKET_UNSUBSCRIBE_GRACE", 5000),
+            status_interval=_ms(env, "STATUS_INTERVAL", 5000),
+            restart_base=_ms(env, "RESTART_BASE", 500),
+            restart_cap=_ms(env, "RESTART_CAP", 30000),
+            restart_floor=_ms(env, "RESTART_FLOOR", 100),
+            restart_reset_after=_ms(env, "RESTART_RESET_AFTER", 30000),
+            circuit_cooldown=_ms(env, "CIRCUIT_COOLDOWN", 60000),
         )

@@ -99,7 +99,7 @@ class Hub:
             sent = self.metrics.messages_sent.labels(_public_name(key), "data")
             ref = ChannelActor.start(
                 key, _public_name(key), on_idle=self._channel_idle, on_count=self._channel_count,
-                sent_counter=sent, idle_grace=self.channel_idle_grace,
+                on_failed=self._channel_failed, sent_counter=sent, idle_grace=self.channel_idle_grace,
             )
             self.channels[key] = ref
         return ref
@@ -148,6 +148,18 @@ class Hub:
             self.subscriber_counts.pop(key, None)
         for callback in self.on_channel_count:
             callback(key, count)
+
+    def _channel_failed(self, key: ChannelKey, ref: Any, subscribers: dict[str, Outbox],
+                        owners: dict[str, Any]) -> None:
+        """A channel actor died: start its successor with the same subscribers."""
+        self.metrics.supervisor_failures.labels("channel", "receive").inc()
+        if self.channels.get(key) is ref:
+            del self.channels[key]
+        if not subscribers:
+            return
+        successor = self.channel(key)
+        for session_id, outbox in subscribers.items():
+            successor.tell(Join(session_id, outbox, owners.get(session_id)))
 
     def _channel_idle(self, key: ChannelKey, ref: Any) -> None:
         if self.channels.get(key) is ref:

@@ -13,6 +13,7 @@ token expires without a refresh.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -246,11 +247,22 @@ class Gateway:
 
     # -- shutdown ------------------------------------------------------------------
 
-    def close_all(self, code: CloseCode, *, batch: int = 500, pause: float = 0.01) -> int:
-        """Close every connection with ``code``, ``batch`` at a time; returns how many."""
+    def close_all(self, code: CloseCode, *, batch: int = 500, pause: float = 0.01,
+                  reconnect_within_ms: int = 5000) -> int:
+        """Close every connection with ``code``, ``batch`` at a time; returns how many.
+
+        Each close reason carries a jittered reconnect hint ("reconnect in
+        2345ms"), so clients that follow it do not all come back at once.
+        """
         sessions = list(self.hub.sessions.values())
+        rng = random.Random()
+        base = CLOSE_CODES[code].reason
         for i, session in enumerate(sessions):
-            self._tell_close(session, code)
+            reason = f"{base}; reconnect in {rng.randrange(reconnect_within_ms)}ms"
+            try:
+                session.actor.tell(CloseConnection(code, reason))
+            except pykka.ActorDeadError:
+                pass
             if i % batch == batch - 1:
                 gevent.sleep(pause)
         return len(sessions)

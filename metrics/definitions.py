@@ -42,6 +42,8 @@ class Metrics:
     supervisor_stash_dropped: Counter
     supervisor_escalations: Counter
     # --- market data (section owned by actors/exchange_stream.py) -----------
+    upstream_bad_messages: Counter
+    book_resyncs: Counter
 
 
 def build(registry: CollectorRegistry | None = None) -> Metrics:
@@ -91,6 +93,13 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
                                          ["kind", "reason"], registry=r),
         supervisor_escalations=Counter("ws_supervisor_escalations",
                                        "Supervisor-wide restart intensity exceeded", registry=r),
+    )
+    # --- market data (section owned by actors/exchange_stream.py) -----------
+    m.update(
+        upstream_bad_messages=Counter("ws_exchange_bad_messages", "Unparseable frames from an exchange",
+                                      ["exchange"], registry=r),
+        book_resyncs=Counter("ws_exchange_book_resyncs", "Order books resubscribed after a lost update",
+                             ["exchange", "category"], registry=r),
     )
     names = {f.name for f in fields(Metrics)}
     return Metrics(**{k: v for k, v in m.items() if k in names})

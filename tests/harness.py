@@ -40,6 +40,7 @@ class GatewayProcess:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "DEBUG",
             "PYTHONUNBUFFERED": "1",
+            "MARKET_SOURCE": "none",
             **(env or {}),
         }
         self.args = args or []

@@ -1,0 +1,317 @@
+"""MarketDataBridgeActor: clients' market-data interest ↔ upstream subscriptions, and fan-in of exchange data.
+
+Takes: :class:`InterestChanged` (the hub reports a market-data channel's
+subscriber count), :class:`GraceExpired`, :class:`Tick`, :class:`GetStats`
+(ask, from the HTTP edge), and from the exchange streams
+:class:`MarketData`, :class:`SubscribeRejected`, :class:`BookReset`,
+:class:`StreamState`.
+Sends: ``WantTopics``/``DropTopics`` to exchange streams (through their
+supervisor handles, which survive restarts), ``Publish`` and ``Evict`` to
+channel actors (through the hub).
+
+* The first subscriber of a symbol's stream subscribes upstream; the last
+  one leaving unsubscribes after ``grace`` seconds. One upstream
+  subscription serves every client. Popular pairs stay subscribed.
+* The latest ticker and book of each symbol are retained: a new subscriber
+  gets them at once, before live updates.
+* ``time-sync`` and ``system-health`` are published every ``status_interval``
+  seconds, and ``system-health`` also on every stream state change.
+
+Its state is derived (from the hub's subscriber counts and the streams'
+reports), so a restarted bridge rebuilds it in ``on_start``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+
+from actors.exchange_stream import BookReset, DropTopics, MarketData, StreamState, SubscribeRejected, WantTopics
+from actors.messages import Evict, Publish
+from protocol.channels import ChannelKey, market_key
+from protocol.errors import ErrorCode
+from protocol.messages import dumps
+from supervision import ChildContext, SupervisedActor
+
+__all__ = ["GetStats", "InterestChanged", "MarketDataBridgeActor", "key_to_topic", "topic_to_stream"]
+
+log = logging.getLogger("gateway.bridge")
+
+RETAINED_STREAMS = ("ticker", "orderbook")
+
+
+@dataclass(frozen=True, slots=True)
+class InterestChanged:
+    key: ChannelKey
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GraceExpired:
+    key: ChannelKey
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    pass
+
+
+def stream_to_topic(stream: str, symbol: str) -> str:
+    """Our stream names to Bybit topics: ``orderbook.50`` + BTCUSDT → ``orderbook.50.BTCUSDT``."""
+    if stream == "ticker":
+        return f"tickers.{symbol}"
+    if stream == "trades":
+        return f"publicTrade.{symbol}"
+    return f"{stream}.{symbol}"  # orderbook.N, kline.I
+
+
+def topic_to_stream(topic: str) -> tuple[str, str]:
+    """Bybit topic → (stream, symbol)."""
+    head, _, symbol = topic.rpartition(".")
+    if head == "tickers":
+        return "ticker", symbol
+    if head == "publicTrade":
+        return "trades", symbol
+    return head, symbol
+
+
+def key_to_topic(key: str) -> tuple[str, str, str, str] | None:
+    """``market-data.bybit.spot.BTCUSDT.orderbook.50`` → (exchange, category, topic, stream)."""
+    parts = key.split(".")
+    if len(parts) < 5 or parts[0] != "market-data":
+        return None
+    exchange, category, symbol, stream = parts[1], parts[2], parts[3], ".".join(parts[4:])
+    return exchange, category, stream_to_topic(stream, symbol), stream
+
+
+def _stats_name(key: str) -> str:
+    """The platform's name for a subscription: ``market-data.bybit.BTCUSDT`` (spot), ``market-data.bybit.linear.BTCUSDT``."""
+    _, exchange, category, symbol = key.split(".")[:4]
+    return f"market-data.{exchange}.{symbol}" if category == "spot" else f"market-data.{exchange}.{category}.{symbol}"
+
+
+class MarketDataBridgeActor(SupervisedActor):
+    def __init__(
+        self,
+        context: ChildContext,
+        hub: Any,
+        streams: dict[tuple[str, str], Any],
+        *,
+        popular: tuple[str, ...] = (),
+        popular_streams: tuple[str, ...] = ("ticker", "orderbook.50", "trades"),
+        grace: float = 5.0,
+        status_interval: float = 5.0,
+        supervisor_status: Any = None,
+    ) -> None:
+        super().__init__(context)
+        self.hub = hub
+        self.streams = streams
+        self.grace = grace
+        self.status_interval = status_interval
+        self.supervisor_status = supervisor_status
+        self.pinned: set[ChannelKey] = {
+            market_key("bybit", "spot", symbol, stream) for symbol in popular for stream in popular_streams
+        }
+        self.upstream: set[ChannelKey] = set()  # keys subscribed upstream (wanted)
+        self.latest: dict[ChannelKey, Publish] = {}
+        self.states: dict[tuple[str, str], StreamState] = {}
+        self._ticker: gevent.Greenlet | None = None
+        self._last_health: str | None = None
+
+    def on_start(self) -> None:
+        keys = set(self.pinned) | {k for k in self.hub.subscriber_counts if k.startswith("market-data.")}
+        for key in sorted(keys):
+            self._want(key)
+        self._ticker = gevent.spawn(self._tick_loop)
+
+    def on_stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+
+    def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.on_stop()
+
+    def _tick_loop(self) -> None:
+        ref = self.actor_ref
+        while True:
+            gevent.sleep(self.status_interval)
+            try:
+                ref.tell(Tick())
+            except Exception:  # noqa: BLE001 - the actor is gone
+                return
+
+    # -- wanted set ------------------------------------------------------------------
+
+    def wanted_topics(self, exchange: str, category: str) -> tuple[str, ...]:
+        out = []
+        for key in self.upstream:
+            parsed = key_to_topic(key)
+            if parsed and parsed[0] == exchange and parsed[1] == category:
+                out.append(parsed[2])
+        return tuple(sorted(out))
+
+    def _stream(self, exchange: str, category: str) -> Any:
+        return self.streams.get((exchange, category))
+
+    def _want(self, key: ChannelKey) -> None:
+        parsed = key_to_topic(key)
+        if parsed is None or key in self.upstream:
+            return
+        exchange, category, topic, _ = parsed
+        stream = self._stream(exchange, category)
+        if stream is None:
+            return
+        self.upstream.add(key)
+        stream.tell(WantTopics((topic,)))
+
+    def _drop(self, key: ChannelKey) -> None:
+        parsed = key_to_topic(key)
+        if parsed is None or key not in self.upstream:
+            return
+        exchange, category, topic, _ = parsed
+        self.upstream.discard(key)
+        self.latest.pop(key, None)
+        stream = self._stream(exchange, category)
+        if stream is not None:
+            stream.tell(DropTopics((topic,)))
+
+    # -- messages ----------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, MarketData):
+            self._on_data(message)
+        elif isinstance(message, InterestChanged):
+            self._on_interest(message)
+        elif isinstance(message, GraceExpired):
+            if self.hub.subscribers(message.key) == 0 and message.key not in self.pinned:
+                self._drop(message.key)
+        elif isinstance(message, StreamState):
+            self.states[(message.exchange, message.category)] = message
+            self._publish_health(force=False)
+        elif isinstance(message, SubscribeRejected):
+            self._on_rejected(message)
+        elif isinstance(message, BookReset):
+            self._on_book_reset(message)
+        elif isinstance(message, Tick):
+            self._publish_time()
+            self._publish_health(force=True)
+        elif isinstance(message, GetStats):
+            return self.stats()
+        else:
+            return super().on_receive(message)
+        return None
+
+    def _on_interest(self, message: InterestChanged) -> None:
+        key = message.key
+        if not key.startswith("market-data."):
+            return
+        if message.count > 0:
+            self._want(key)
+            retained = self.latest.get(key)
+            if retained is not None and message.count == 1:
+                # The channel may be new (no retained frame yet): replay the latest value.
+                self.hub.publish(key, retained)
+        elif key not in self.pinned:
+            gevent.spawn_later(self.grace, self._tell_grace, key)
+
+    def _tell_grace(self, key: ChannelKey) -> None:
+        try:
+            self.actor_ref.tell(GraceExpired(key))
+        except Exception:  # noqa: BLE001 - the actor is gone
+            pass
+
+    def _on_data(self, message: MarketData) -> None:
+        stream, symbol = topic_to_stream(message.topic)
+        key = market_key(message.exchange, message.category, symbol, stream)
+        retain = stream == "ticker" or stream.startswith("orderbook")
+        publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, retain)
+        if retain:
+            self.latest[key] = publish
+        self.hub.publish(key, publish)
+
+    def _on_rejected(self, message: SubscribeRejected) -> None:
+        for topic in message.topics:
+            stream, symbol = topic_to_stream(topic)
+            key = market_key(message.exchange, message.category, symbol, stream)
+            self.upstream.discard(key)
+            self.pinned.discard(key)
+            self.latest.pop(key, None)
+            error = dumps({"type": "error", "code": ErrorCode.UPSTREAM_REJECTED.value,
+                           "message": f"{message.exchange} rejected {symbol} ({stream}): {message.reason}",
+                           "channel": "market-data", "symbol": symbol, "stream": stream})
+            ref = self.hub.existing_channel(key)
+            if ref is not None:
+                ref.tell(Evict(error))
+
+    def _on_book_reset(self, message: BookReset) -> None:
+        stream, symbol = topic_to_stream(message.topic)
+        key = market_key(message.exchange, message.category, symbol, stream)
+        data = {"symbol": symbol, "category": message.category, "bids": [], "asks": [], "reset": True,
+                "resync": True, "reason": message.reason}
+        publish = Publish(data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, True)
+        self.latest[key] = publish
+        self.hub.publish(key, publish)
+
+    # -- status channels ------------------------------------------------------------
+
+    def _exchange_health(self) -> dict[str, Any]:
+        supervised = {}
+        if self.supervisor_status is not None:
+            for child in self.supervisor_status().get("children", []):
+                supervised[child.get("child_id")] = child
+        out = {}
+        for (exchange, category) in self.streams:
+            state = self.states.get((exchange, category))
+            child = supervised.get(f"exchange:{exchange}:{category}", {})
+            circuit = child.get("circuit", "closed")
+            connected = bool(state and state.connected)
+            out[f"{exchange}.{category}"] = {
+                "state": "circuit_open" if circuit == "open" else ("connected" if connected else "reconnecting"),
+                "connected": connected,
+                "subscriptions": len(state.subscribed) if state else 0,
+                "restarts": child.get("restarts", 0),
+                "incarnation": state.incarnation if state else None,
+                "lagMs": state.lag_ms if state else None,
+                "bookResyncs": state.resyncs if state else 0,
+            }
+        return out
+
+    def _publish_health(self, *, force: bool) -> None:
+        exchanges = self._exchange_health()
+        states = {name: e["state"] for name, e in exchanges.items()}
+        fingerprint = repr(sorted(states.items()))
+        if not force and fingerprint == self._last_health:
+            return
+        self._last_health = fingerprint
+        ok = all(s == "connected" for s in states.values())
+        data = {"status": "ok" if ok else "degraded", "exchanges": exchanges,
+                "connections": len(self.hub.sessions)}
+        self.hub.publish(ChannelKey("system-health"), Publish(data, int(time.time() * 1000), retain=True))
+
+    def _publish_time(self) -> None:
+        now = int(time.time() * 1000)
+        offsets = {f"{e}.{c}": s.clock_offset_ms for (e, c), s in self.states.items() if s.connected}
+        data = {"serverTime": now, "exchanges": {name: {"offsetMs": off} for name, off in offsets.items()}}
+        self.hub.publish(ChannelKey("time-sync"), Publish(data, now, retain=True))
+
+    def stats(self) -> dict[str, Any]:
+        exchanges: dict[str, Any] = {}
+        for (exchange, category), state in self.states.items():
+            entry = exchanges.setdefault(exchange, {"connected": False, "subscriptions": 0,
+                                                    "activeSubscriptions": []})
+            entry["connected"] = entry["connected"] or state.connected
+            entry["subscriptions"] += len(state.subscribed)
+            prefix = "" if category == "spot" else f"{category}:"
+            entry["activeSubscriptions"] += [prefix + t for t in state.subscribed]
+        active = sorted({_stats_name(k) for k in self.hub.subscriber_counts if k.startswith("market-data.")})
+        return {"initialized": True, "exchanges": exchanges, "subscriptions": len(active),
+                "activeSubscriptions": active}
