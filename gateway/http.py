@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors.messages import Publish
 from gateway.auth import AuthError, Principal
+from gateway.dashboard import blueprint as dashboard_blueprint
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
 
 __all__ = ["VERSION", "create_app"]
@@ -38,6 +39,7 @@ def _error(status: int, code: str, message: str) -> Response:
 def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool, Any]]] | None = None,
                stats_sections: list[Callable[[], tuple[str, Any]]] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
+    app.register_blueprint(dashboard_blueprint)
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
     settings = gateway.settings
     health_checks = health_checks if health_checks is not None else []
