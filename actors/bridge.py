@@ -233,7 +233,8 @@ class MarketDataBridgeActor(SupervisedActor):
         stream, symbol = topic_to_stream(message.topic)
         key = market_key(message.exchange, message.category, symbol, stream)
         retain = stream == "ticker" or stream.startswith("orderbook")
-        publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, retain)
+        publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, retain,
+                          message.received_ms / 1000)
         if retain:
             self.latest[key] = publish
         self.hub.publish(key, publish)

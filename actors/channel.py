@@ -44,6 +44,7 @@ class ChannelActor(GeventActor):
         on_count: Callable[[ChannelKey, int], None],
         on_failed: Callable[[ChannelKey, Any, dict[str, Outbox], dict[str, Any]], None] | None = None,
         sent_counter: Any = None,
+        bytes_counter: Any = None,
         idle_grace: float = 30.0,
     ) -> None:
         super().__init__()
@@ -58,6 +59,8 @@ class ChannelActor(GeventActor):
         self._on_count = on_count
         self._on_failed = on_failed
         self._sent = sent_counter
+        self._bytes = bytes_counter
+        self._stamp_turn = 0
         self._idle_grace = idle_grace
         self._idle_generation = 0
 
@@ -119,9 +122,19 @@ class ChannelActor(GeventActor):
         if message.retain:
             self.retained = frame
         delivered = 0
-        for outbox in self.subscribers.values():
-            if outbox.push(frame):
-                delivered += 1
-        if self._sent is not None and delivered:
+        subscribers = self.subscribers
+        if message.received is not None and subscribers:
+            # Fan-out latency is sampled: one subscriber per publication, in turn.
+            self._stamp_turn = (self._stamp_turn + 1) % len(subscribers)
+            stamped = self._stamp_turn
+            for i, outbox in enumerate(subscribers.values()):
+                if outbox.push(frame, message.received if i == stamped else None):
+                    delivered += 1
+        else:
+            for outbox in subscribers.values():
+                if outbox.push(frame):
+                    delivered += 1
+        if delivered and self._sent is not None:
             self._sent.inc(delivered)
+            self._bytes.inc(delivered * len(frame))
         return self.seq

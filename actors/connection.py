@@ -74,13 +74,14 @@ class ConnectionActor(GeventActor):
 
     # -- helpers -----------------------------------------------------------------
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, kind: str) -> None:
+        self.gateway.metrics.messages_sent.labels("-", kind).inc()
         self.conn.send_text(text)
 
     def _error(self, code: ErrorCode, message: str, *, request_id: str | None = None,
                channel: str | None = None) -> None:
         self.gateway.metrics.errors_sent.labels(code.value).inc()
-        self._send(error_message(code, message, request_id=request_id, channel=channel))
+        self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
         now = time.monotonic()
         self._errors.append(now)
         while self._errors and self._errors[0] < now - ERROR_WINDOW:
@@ -128,7 +129,7 @@ class ConnectionActor(GeventActor):
         elif isinstance(msg, Unsubscribe):
             self._unsubscribe(msg)
         elif isinstance(msg, Ping):
-            self._send(pong_message(msg.data, _now_ms(), msg.request_id))
+            self._send(pong_message(msg.data, _now_ms(), msg.request_id), "pong")
         elif isinstance(msg, Refresh):
             self._refresh(msg)
         elif isinstance(msg, BotCommand):
@@ -143,7 +144,7 @@ class ConnectionActor(GeventActor):
         ident = (channel, params)
         if ident in self.subscriptions:
             # Twice is harmless: confirm again, change nothing.
-            self._send(subscribed_message(channel, params, msg.request_id, already=True))
+            self._send(subscribed_message(channel, params, msg.request_id, already=True), "subscribed")
             return
         keys = keys_for(channel, params, self.principal.user_id)
         limit = self.gateway.settings.max_channels_per_connection
@@ -153,7 +154,7 @@ class ConnectionActor(GeventActor):
             return
         self.subscriptions[ident] = keys
         # The confirmation goes first, so it precedes the retained value and live data.
-        self._send(subscribed_message(channel, params, msg.request_id))
+        self._send(subscribed_message(channel, params, msg.request_id), "subscribed")
         for key in keys:
             self.hub.join(self.session, key)
         self.gateway.on_subscribed(self, channel, params, keys)
@@ -164,7 +165,8 @@ class ConnectionActor(GeventActor):
         keys = self.subscriptions.pop((msg.channel, msg.params), None)
         for key in keys or ():
             self.hub.leave(self.session, key)
-        self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id, was_subscribed=keys is not None))
+        self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id, was_subscribed=keys is not None),
+                   "unsubscribed")
 
     def _revoked(self, key: ChannelKey) -> None:
         self.session.channels.discard(key)
@@ -187,7 +189,7 @@ class ConnectionActor(GeventActor):
             return
         self.principal = principal
         self.session.principal = principal
-        self._send(refreshed_message(int(principal.expires_at * 1000), msg.request_id))
+        self._send(refreshed_message(int(principal.expires_at * 1000), msg.request_id), "refreshed")
 
     def check_expiry(self, now: float) -> None:
         """Close with 4000 once the token is past its expiry (plus leeway)."""
@@ -210,4 +212,4 @@ class ConnectionActor(GeventActor):
         data = {"commandId": command_id, "userId": self.principal.user_id, "botId": msg.bot_id,
                 "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
         self.hub.publish(key, Publish(data, _now_ms()))
-        self._send(bot_command_ack_message(command_id, services, msg.request_id))
+        self._send(bot_command_ack_message(command_id, services, msg.request_id), "bot_command_ack")

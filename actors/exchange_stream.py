@@ -201,6 +201,7 @@ class ExchangeStreamActor(SupervisedActor):
         self._greenlets: list[gevent.Greenlet] = []
         self._stats = _Stats()
         self._healthy_sent = False
+        self._messages = metrics.exchange_messages.labels(self.exchange, category) if metrics else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -239,6 +240,8 @@ class ExchangeStreamActor(SupervisedActor):
             except Exception:  # noqa: BLE001 - the socket is being abandoned either way
                 pass
             self.ws = None
+        if self.metrics is not None:
+            self.metrics.exchange_connected.labels(self.exchange, self.category).set(0)
         try:
             self.bridge.tell(StreamState(self.exchange, self.category, False, (), self.incarnation, self.resyncs))
         except Exception:  # noqa: BLE001 - the bridge may be stopping too
@@ -314,6 +317,7 @@ class ExchangeStreamActor(SupervisedActor):
                 raise SubscribeTimeout(f"no answer to subscribe {','.join(pending.topics)} "
                                        f"for {now - pending.sent:.1f}s")
         self._send(self.protocol.ping_request(str(next(self._req_ids))).text)
+        self._report()  # refreshes lag and offset for metrics and system-health
 
     def _send(self, text: str) -> None:
         assert self.ws is not None
@@ -396,6 +400,11 @@ class ExchangeStreamActor(SupervisedActor):
 
     def _report(self) -> None:
         lags, offsets = self._stats.lags, self._stats.offsets
+        if self.metrics is not None:
+            self.metrics.exchange_connected.labels(self.exchange, self.category).set(1)
+            if lags:
+                self.metrics.exchange_lag_seconds.labels(self.exchange, self.category).set(
+                    sorted(lags)[len(lags) // 2] / 1000)
         self.bridge.tell(StreamState(
             self.exchange, self.category, True, tuple(sorted(self.subscribed)), self.incarnation, self.resyncs,
             round(sorted(lags)[len(lags) // 2], 1) if lags else None,
@@ -410,6 +419,8 @@ class ExchangeStreamActor(SupervisedActor):
 
     def _on_topic(self, message: TopicMessage, received: float) -> None:
         topic = message.topic
+        if self._messages is not None:
+            self._messages.inc()
         if topic not in self.wanted:
             return  # late data for a topic just dropped
         update = self.protocol.normalize(message, self.category)

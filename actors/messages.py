@@ -84,12 +84,14 @@ class Publish:
     ``extra`` adds top-level fields to the data message (``symbol`` and
     ``stream`` for market data). ``retain`` keeps the frame as the channel's
     latest value, sent at once to each new subscriber (tickers, books).
+    ``received`` (epoch seconds) is when the data reached the gateway.
     """
 
     data: Any
     ts: int
     extra: dict[str, Any] | None = None
     retain: bool = False
+    received: float | None = None  # when the data arrived from the exchange (fan-out latency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,8 @@ class Hub:
             raise ConnectionLimitExceeded(principal.user_id)
         session = Session(f"{self._prefix}-{next(self._ids)}", principal, outbox, opened_at=now)
         self.sessions[session.session_id] = session
+        if not user_sessions:
+            self.metrics.users.inc()
         user_sessions.add(session.session_id)
         return session
 
@@ -90,16 +92,18 @@ class Hub:
             users.discard(session.session_id)
             if not users:
                 del self.by_user[session.principal.user_id]
+                self.metrics.users.dec()
 
     # -- channels --------------------------------------------------------------
 
     def channel(self, key: ChannelKey) -> pykka.ActorRef[Any]:
         ref = self.channels.get(key)
         if ref is None or not ref.is_alive():
-            sent = self.metrics.messages_sent.labels(_public_name(key), "data")
+            name = _public_name(key)
             ref = ChannelActor.start(
-                key, _public_name(key), on_idle=self._channel_idle, on_count=self._channel_count,
-                on_failed=self._channel_failed, sent_counter=sent, idle_grace=self.channel_idle_grace,
+                key, name, on_idle=self._channel_idle, on_count=self._channel_count,
+                on_failed=self._channel_failed, sent_counter=self.metrics.messages_sent.labels(name, "data"),
+                bytes_counter=self.metrics.bytes_queued.labels(name), idle_grace=self.channel_idle_grace,
             )
             self.channels[key] = ref
         return ref
@@ -142,6 +146,7 @@ class Hub:
         return self.subscriber_counts.get(key, 0)
 
     def _channel_count(self, key: ChannelKey, count: int) -> None:
+        self.metrics.subscriptions.labels(_public_name(key)).inc(count - self.subscriber_counts.get(key, 0))
         if count:
             self.subscriber_counts[key] = count
         else:

@@ -45,6 +45,9 @@ SUBPROTOCOL = "trading.v1"
 ECHO_PATH = "/ws-echo"  # exists only with GATEWAY_TEST_ECHO=1 (Autobahn|Testsuite)
 BEARER_PREFIX = "bearer."
 _PING_FRAME = encode_frame(Opcode.PING, b"")
+# Closes decided by the frame reader (transport/), counted here; the others are counted where decided.
+_FRAME_ERROR_CODES = frozenset({1002, 1007, 1009})
+QUEUE_DEPTH_SAMPLE_EVERY = 10.0  # seconds between queue-depth samples of every connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class Gateway:
             max_queue_bytes=s.max_queue_bytes,
             write_timeout=s.write_timeout,
             on_written=self.metrics.bytes_sent.inc,
+            on_latency=self.metrics.fanout_latency_seconds.observe,
         )
 
     def serve(self, conn: WebSocketConnection, admission: Admission, environ: dict[str, Any]) -> None:
@@ -136,6 +140,7 @@ class Gateway:
         conn.outbox.on_overflow = lambda: self._slow_consumer(actor)
         self.metrics.connections.labels("open").inc()
         self.metrics.connections_opened.inc()
+        self.metrics.messages_sent.labels("-", "connection").inc()
         conn.send_text(connection_message(
             session_id=session.session_id, user_id=principal.user_id, server_time=int(time.time() * 1000),
             heartbeat_ms=int(self.settings.heartbeat_interval * 1000),
@@ -152,6 +157,8 @@ class Gateway:
             self._read_loop(conn, actor)
         except ConnectionClosed as closed:
             code = closed.code
+            if closed.by_server and code in _FRAME_ERROR_CODES:
+                self.metrics.closes_sent.labels(str(code)).inc()
         finally:
             self.metrics.connections.labels("open").dec()
             try:
@@ -164,8 +171,10 @@ class Gateway:
             conn.outbox.abort()
 
     def _read_loop(self, conn: WebSocketConnection, actor: pykka.ActorRef[Any]) -> None:
+        received = self.metrics.bytes_received
         while True:
             message = conn.receive()
+            received.inc(len(message))
             if isinstance(message, (bytes, bytearray)):
                 actor.tell(CloseConnection(CloseCode.UNSUPPORTED_DATA, CLOSE_CODES[CloseCode.UNSUPPORTED_DATA].reason))
                 continue
@@ -216,15 +225,21 @@ class Gateway:
         s = self.settings
         tick = max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
         next_ping = time.monotonic() + s.heartbeat_interval
+        next_sample = time.monotonic() + QUEUE_DEPTH_SAMPLE_EVERY
         while True:
             gevent.sleep(tick)
-            ping = time.monotonic() >= next_ping
+            now = time.monotonic()
+            ping = now >= next_ping
             if ping:
                 next_ping += s.heartbeat_interval
-            self.sweep(ping=ping)
+            sample = now >= next_sample
+            if sample:
+                next_sample = now + QUEUE_DEPTH_SAMPLE_EVERY
+            self.sweep(ping=ping, sample=sample)
 
-    def sweep(self, *, ping: bool) -> None:
+    def sweep(self, *, ping: bool, sample: bool = False) -> None:
         s = self.settings
+        depth = self.metrics.queue_depth
         loop_now = gevent.get_hub().loop.now()
         wall = time.time()
         leeway = s.authenticator.leeway
@@ -238,6 +253,8 @@ class Gateway:
                 self._tell_close(session, CloseCode.TOKEN_EXPIRED)
             elif ping:
                 conn.outbox.push_control(_PING_FRAME)
+            if sample:
+                depth.observe(conn.outbox.depth)
 
     def _tell_close(self, session: Session, code: CloseCode) -> None:
         try:

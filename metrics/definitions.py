@@ -33,6 +33,11 @@ class Metrics:
     messages_dropped: Counter
     errors_sent: Counter
     publications: Counter
+    users: Gauge
+    bytes_received: Counter
+    bytes_queued: Counter
+    fanout_latency_seconds: Histogram
+    queue_depth: Histogram
     # --- supervision (section owned by supervision.py) ----------------------
     supervisor_restarts: Counter
     supervisor_failures: Counter
@@ -44,6 +49,9 @@ class Metrics:
     # --- market data (section owned by actors/exchange_stream.py) -----------
     upstream_bad_messages: Counter
     book_resyncs: Counter
+    exchange_messages: Counter
+    exchange_connected: Gauge
+    exchange_lag_seconds: Gauge
 
 
 def build(registry: CollectorRegistry | None = None) -> Metrics:
@@ -66,6 +74,19 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
         messages_dropped=Counter("ws_messages_dropped", "Messages not delivered, by reason", ["reason"], registry=r),
         errors_sent=Counter("ws_errors_sent", "error messages sent by code", ["code"], registry=r),
         publications=Counter("ws_publications", "Publications accepted by channel", ["channel"], registry=r),
+        users=Gauge("ws_users", "Distinct users with at least one open connection", registry=r),
+        bytes_received=Counter("ws_bytes_received", "Payload bytes of client messages", registry=r),
+        bytes_queued=Counter("ws_bytes_queued", "Bytes of data messages queued to clients, by channel",
+                             ["channel"], registry=r),
+        fanout_latency_seconds=Histogram(
+            "ws_fanout_latency_seconds",
+            "Exchange frame received by the gateway to the client socket write (sampled)", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        ),
+        queue_depth=Histogram(
+            "ws_connection_queue_depth", "Frames waiting in each connection's outbound queue (sampled per sweep)",
+            registry=r, buckets=(0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+        ),
     )
     # --- supervision (section owned by supervision.py) ----------------------
     # reason: a failure phase (start, stop, killed, hung, normal) or an
@@ -100,6 +121,13 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
                                       ["exchange"], registry=r),
         book_resyncs=Counter("ws_exchange_book_resyncs", "Order books resubscribed after a lost update",
                              ["exchange", "category"], registry=r),
+        exchange_messages=Counter("ws_exchange_messages", "Data frames received from an exchange stream",
+                                  ["exchange", "category"], registry=r),
+        exchange_connected=Gauge("ws_exchange_connected", "1 while the exchange stream is connected",
+                                 ["exchange", "category"], registry=r),
+        exchange_lag_seconds=Gauge("ws_exchange_lag_seconds",
+                                   "Median of receive time minus exchange timestamp over recent frames",
+                                   ["exchange", "category"], registry=r),
     )
     names = {f.name for f in fields(Metrics)}
     return Metrics(**{k: v for k, v in m.items() if k in names})

@@ -332,3 +332,24 @@ def test_rejected_subscribe_fault_reaches_the_client(gw, sim):
     assert err["code"] == "upstream_rejected"
     assert _incarnation(gw) >= 1
     c.close()
+
+
+def test_metrics_follow_the_data_path(gw):
+    c = subscribe(gw, "mdm", "BTCUSDT", ["ticker", "orderbook"])
+    collect(c, 1.0, lambda m: m["type"] == "data")
+    text = urllib.request.urlopen(gw.http + "/metrics", timeout=5).read().decode()
+
+    def value(pattern: str) -> float:
+        match = re.search(pattern + r" ([0-9.e+-]+)$", text, re.MULTILINE)
+        assert match, pattern
+        return float(match.group(1))
+
+    assert value(r"ws_fanout_latency_seconds_count") > 0
+    assert value(r'ws_subscriptions\{channel="market-data"\}') >= 2
+    assert value(r"ws_users") >= 1
+    assert value(r'ws_exchange_connected\{category="spot",exchange="bybit"\}') == 1
+    assert value(r'ws_exchange_messages_total\{category="spot",exchange="bybit"\}') > 10
+    assert value(r'ws_messages_sent_total\{channel="market-data",type="data"\}') > 10
+    assert value(r'ws_messages_sent_total\{channel="-",type="subscribed"\}') >= 1
+    assert 'ws_supervisor_circuit_state{child_id="exchange:bybit:spot"}' in text
+    c.close()

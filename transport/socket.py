@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -75,12 +76,16 @@ class Outbox:
         "_closing",
         "_frames",
         "_queued_bytes",
+        "_pushed",
         "_sock",
+        "_stamps",
         "_wake",
         "_writer",
+        "_written",
         "bytes_written",
         "closed",
         "max_bytes",
+        "on_latency",
         "on_overflow",
         "on_written",
         "overflowed",
@@ -95,6 +100,7 @@ class Outbox:
         write_timeout: float,
         on_overflow: Callable[[], None] | None = None,
         on_written: Callable[[int], None] | None = None,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._sock = sock
         self._frames: deque[bytes] = deque()
@@ -106,7 +112,14 @@ class Outbox:
         self.write_timeout = write_timeout
         self.on_overflow = on_overflow
         self.on_written = on_written
+        self.on_latency = on_latency
         self.bytes_written = 0
+        # Fan-out latency: a few frames carry the time their data arrived from
+        # the exchange; once the writer has written past them, it observes
+        # the delay. Frames are counted, not timestamped, to keep push cheap.
+        self._pushed = 0
+        self._written = 0
+        self._stamps: deque[tuple[int, float]] | None = None
         self.closed = Event()
         self.overflowed = False
         self._writer = gevent.spawn(self._run)
@@ -115,7 +128,8 @@ class Outbox:
     def depth(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: bytes) -> bool:
+    def push(self, frame: bytes, stamp: float | None = None) -> bool:
+        """Queue ``frame``; ``stamp`` (epoch seconds the data arrived) samples fan-out latency."""
         if self._closing:
             return False
         size = len(frame)
@@ -124,14 +138,20 @@ class Outbox:
             return False
         self._frames.append(frame)
         self._queued_bytes += size
+        self._pushed += 1
+        if stamp is not None:
+            if self._stamps is None:
+                self._stamps = deque()
+            self._stamps.append((self._pushed, stamp))
         self._wake.set()
         return True
 
     def push_control(self, frame: bytes) -> None:
-        """Queue a pong; control frames skip the byte limit (they are tiny)."""
+        """Queue a ping or pong; control frames skip the byte limit (they are tiny)."""
         if not self._closing:
             self._frames.append(frame)
             self._queued_bytes += len(frame)
+            self._pushed += 1
             self._wake.set()
 
     def close(self, code: int | None, reason: str = "", *, discard_pending: bool = False) -> None:
@@ -142,6 +162,8 @@ class Outbox:
         if discard_pending:
             self._frames.clear()
             self._queued_bytes = 0
+            self._written = self._pushed
+            self._stamps = None
         self._close_frame = encode_close(code, reason)
         self._wake.set()
 
@@ -171,6 +193,7 @@ class Outbox:
                     continue
                 if len(frames) == 1:
                     data = frames.popleft()
+                    count = 1
                 else:
                     batch = []
                     size = 0
@@ -179,8 +202,12 @@ class Outbox:
                         batch.append(frame)
                         size += len(frame)
                     data = b"".join(batch)
+                    count = len(batch)
                 self._queued_bytes -= len(data)
                 self._write(data)
+                self._written += count
+                if self._stamps:
+                    self._observe_latency()
             if self._close_frame is not None:
                 self._write(self._close_frame)
         except (OSError, WriteTimeout) as exc:
@@ -190,6 +217,14 @@ class Outbox:
         finally:
             self._closing = True
             self.closed.set()
+
+    def _observe_latency(self) -> None:
+        stamps = self._stamps
+        now = time.time()
+        while stamps and stamps[0][0] <= self._written:
+            _, stamp = stamps.popleft()
+            if self.on_latency is not None:
+                self.on_latency(now - stamp)
 
     def _write(self, data: bytes) -> None:
         with gevent.Timeout(self.write_timeout, WriteTimeout):
@@ -217,6 +252,7 @@ class WebSocketConnection:
         close_timeout: float = 2.0,
         on_overflow: Callable[[], None] | None = None,
         on_written: Callable[[int], None] | None = None,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.sock = sock
         self._read = rfile.read
@@ -224,7 +260,7 @@ class WebSocketConnection:
         self.close_timeout = close_timeout
         self.outbox = Outbox(
             sock, max_bytes=max_queue_bytes, write_timeout=write_timeout,
-            on_overflow=on_overflow, on_written=on_written,
+            on_overflow=on_overflow, on_written=on_written, on_latency=on_latency,
         )
         self.last_activity = gevent.get_hub().loop.now()
         self.close_code: int | None = None
