@@ -94,7 +94,10 @@ def key_to_topic(key: str) -> tuple[str, str, str, str] | None:
 
 
 def _stats_name(key: str) -> str:
-    """The platform's name for a subscription: ``market-data.bybit.BTCUSDT`` (spot), ``market-data.bybit.linear.BTCUSDT``."""
+    """The platform's name for a subscription.
+
+    ``market-data.bybit.BTCUSDT`` for spot, ``market-data.bybit.linear.BTCUSDT`` otherwise.
+    """
     _, exchange, category, symbol = key.split(".")[:4]
     return f"market-data.{exchange}.{symbol}" if category == "spot" else f"market-data.{exchange}.{category}.{symbol}"
 

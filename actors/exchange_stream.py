@@ -42,8 +42,8 @@ __all__ = [
     "DropTopics",
     "ExchangeStreamActor",
     "MarketData",
-    "StreamState",
     "StreamSettings",
+    "StreamState",
     "SubscribeRejected",
     "WantTopics",
 ]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.wsclient import connect  # noqa: E402
-from tests.harness import GatewayProcess  # noqa: E402
+from bench.wsclient import connect
+from tests.harness import GatewayProcess
 
 
 def _cpu(pid: int) -> float:
@@ -66,7 +66,7 @@ async def _cycles(gw: GatewayProcess, cycles: int, concurrency: int) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     env = {"LOG_LEVEL": "WARNING", "WS_MAX_CONNECTIONS_PER_USER": "1000000"}
     gw = GatewayProcess(env)

@@ -85,7 +85,7 @@ class WSClient:
                 opcode, _ = await asyncio.wait_for(self.recv_frame(), 2)
                 if opcode == 0x8:
                     break
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             pass
         self.writer.close()
 

@@ -77,7 +77,7 @@ class MarketData:
         return factory
 
     def _bridge_actor(self) -> MarketDataBridgeActor | None:
-        slot = self.supervisor._slots.get(BRIDGE_ID)  # noqa: SLF001 - read-only view of the live bridge
+        slot = self.supervisor._slots.get(BRIDGE_ID)
         return None if slot is None else slot.actor
 
     def _bridge_factory(self, context: Any) -> Any:

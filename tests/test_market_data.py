@@ -91,7 +91,7 @@ def collect(c: Client, seconds: float, predicate=lambda m: True) -> list[dict]:
             m = c.recv(max(0.05, deadline - time.monotonic()))
         except TimeoutError:
             break
-        except Exception as exc:  # noqa: BLE001 - websocket-client raises its own timeout type
+        except Exception as exc:
             if "timed out" in str(exc):
                 break
             raise
