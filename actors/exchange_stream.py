@@ -31,6 +31,7 @@ from typing import Any
 import gevent
 import websocket
 
+from actors.runtime import ExpectedFailure
 from market.exchange import ExchangeProtocol, ExchangeProtocolError, Pong, SubscribeAck, TopicMessage
 from market.model import BookUpdate, Kline, TickerUpdate, Trade
 from market.orderbook import OrderBook
@@ -51,19 +52,23 @@ __all__ = [
 log = logging.getLogger("gateway.exchange")
 
 
-class UpstreamDisconnected(ConnectionError):
+class UpstreamUnavailable(ExpectedFailure, ConnectionError):
+    """The exchange could not be reached or refused the WebSocket handshake."""
+
+
+class UpstreamDisconnected(ExpectedFailure, ConnectionError):
     """The exchange closed the connection or the socket failed."""
 
 
-class StreamStale(TimeoutError):
+class StreamStale(ExpectedFailure, TimeoutError):
     """No data and no pong for longer than the stale threshold."""
 
 
-class UpstreamGarbage(ValueError):
+class UpstreamGarbage(ExpectedFailure, ValueError):
     """Too many unparseable frames in a short time."""
 
 
-class SubscribeTimeout(TimeoutError):
+class SubscribeTimeout(ExpectedFailure, TimeoutError):
     """A subscribe request got no answer within the stale threshold."""
 
 
@@ -206,9 +211,12 @@ class ExchangeStreamActor(SupervisedActor):
     # -- lifecycle ---------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.ws = websocket.create_connection(
-            self.settings.url, timeout=self.settings.connect_timeout, enable_multithread=True,
-        )
+        try:
+            self.ws = websocket.create_connection(
+                self.settings.url, timeout=self.settings.connect_timeout, enable_multithread=True,
+            )
+        except (OSError, websocket.WebSocketException) as exc:
+            raise UpstreamUnavailable(f"cannot connect to {self.settings.url}: {type(exc).__name__}: {exc}") from exc
         self.ws.settimeout(None)
         self.last_frame = time.monotonic()
         conn = self.conn
@@ -256,15 +264,17 @@ class ExchangeStreamActor(SupervisedActor):
             while True:
                 text = ws.recv()
                 if text is None or text == "":
-                    raise UpstreamDisconnected("connection closed by the exchange")
+                    reason = "connection closed by the exchange"
+                    break
                 ref.tell(UpstreamFrame(conn, text, time.time()))
         except gevent.GreenletExit:
             raise
         except Exception as exc:  # noqa: BLE001 - any socket failure ends this connection
-            try:
-                ref.tell(UpstreamLost(conn, f"{type(exc).__name__}: {exc}"))
-            except Exception:  # noqa: BLE001 - the actor is already gone
-                pass
+            reason = f"{type(exc).__name__}: {exc}"
+        try:
+            ref.tell(UpstreamLost(conn, reason))
+        except Exception:  # noqa: BLE001 - the actor is already gone
+            pass
 
     def _ping_loop(self, conn: int) -> None:
         ref = self.actor_ref

@@ -38,7 +38,14 @@ import gevent.queue
 import pykka
 from gevent import Greenlet, GreenletExit
 
-__all__ = ["ActorKilled", "GeventActor", "GeventFuture", "HandlerTimeout"]
+__all__ = ["ActorKilled", "ExpectedFailure", "GeventActor", "GeventFuture", "HandlerTimeout"]
+
+
+class ExpectedFailure(Exception):
+    """A failure that is part of normal operation (an exchange dropped the
+    connection, a stream went silent). It still stops the actor and the
+    supervisor still logs its one decision line; pykka's traceback for it is
+    left out of the logs (gateway/logs.py), because it says nothing more."""
 
 
 class HandlerTimeout(Exception):

@@ -82,6 +82,15 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(payload, default=str))
 
 
+class ExpectedFailureFilter(logging.Filter):
+    """Drops pykka's traceback for an :class:`actors.runtime.ExpectedFailure`:
+    the supervisor's decision line already says what failed and what happens next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not any(cls.__name__ == "ExpectedFailure" for cls in type(exc).__mro__)
+
+
 def configure_logging(env: dict[str, str] | None = None, stream: Any = None) -> None:
     """Install the root handler from ``LOG_FORMAT`` (text|json) and ``LOG_LEVEL``."""
     env = dict(os.environ) if env is None else env
@@ -96,5 +105,8 @@ def configure_logging(env: dict[str, str] | None = None, stream: Any = None) -> 
     root.setLevel(env.get("LOG_LEVEL", "INFO").upper())
     # pykka logs tracebacks at ERROR (kept) and "Stopping all actors" at DEBUG.
     logging.getLogger("pykka").setLevel(logging.WARNING)
+    pykka_logger = logging.getLogger("pykka")
+    if not any(isinstance(f, ExpectedFailureFilter) for f in pykka_logger.filters):
+        pykka_logger.addFilter(ExpectedFailureFilter())
     # gevent-websocket logs rejected handshakes, query string included, at INFO.
     logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)

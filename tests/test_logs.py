@@ -1,0 +1,62 @@
+"""The one logging setup: formats, redaction, and which tracebacks are kept."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from actors.runtime import ExpectedFailure
+from gateway.logs import configure_logging, redact
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBsYWNlaG9sZGVy"
+
+
+@pytest.fixture
+def capture():
+    stream = io.StringIO()
+    yield stream
+    configure_logging({"LOG_LEVEL": "WARNING"})
+
+
+def test_text_format_carries_fields(capture):
+    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    logging.getLogger("t").warning("child failed", extra={"fields": {"child_id": "x", "msg": "two words"}})
+    line = capture.getvalue().strip()
+    assert line.endswith('WARNING t child failed child_id=x msg="two words"')
+
+
+def test_json_format_is_one_object_per_line(capture):
+    configure_logging({"LOG_FORMAT": "json"}, stream=capture)
+    logging.getLogger("t").info("hello", extra={"fields": {"n": 3}})
+    record = json.loads(capture.getvalue())
+    assert record["msg"] == "hello" and record["n"] == 3 and record["level"] == "INFO"
+
+
+@pytest.mark.parametrize("text", [
+    f"GET /ws?token={TOKEN} HTTP/1.1",
+    f"GET /ws?x=1&token={TOKEN}",
+    f"Sec-WebSocket-Protocol: trading.v1, bearer.{TOKEN}",
+    f"token was {TOKEN}",
+])
+def test_tokens_never_reach_a_line(capture, text):
+    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    logging.getLogger("geventwebsocket.handler").warning(text)
+    logging.getLogger("any").warning("%s", text)
+    out = capture.getvalue()
+    assert TOKEN not in out and TOKEN.split(".")[2] not in out
+    assert "?token=" not in redact(f"/ws?token={TOKEN}").replace("?token=[redacted]", "")
+
+
+def test_pykka_traceback_of_an_expected_failure_is_left_out(capture):
+    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    pykka_log = logging.getLogger("pykka")
+    for exc in (ExpectedFailure("exchange closed"), ValueError("a real bug")):
+        try:
+            raise exc
+        except Exception:
+            pykka_log.error("Unhandled exception in X", exc_info=True)
+    out = capture.getvalue()
+    assert "a real bug" in out and "exchange closed" not in out
