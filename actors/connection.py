@@ -119,6 +119,8 @@ class ConnectionActor(GeventActor):
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         log.error("connection actor failed", exc_info=(exc_type, exc, tb),
                   extra={"fields": {"session": self.session.session_id}})
+        # Never restarted (the client reconnects), but counted like every child death.
+        self.gateway.metrics.supervisor_failures.labels("connection", "receive").inc()
         self._close(CloseCode.INTERNAL_ERROR)
         self.hub.close_session(self.session)
 
