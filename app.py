@@ -23,6 +23,7 @@ from typing import Any
 import gevent
 from gevent.pywsgi import WSGIServer
 
+from brokers.memory import MemoryBroker
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, Settings
 from gateway.http import create_app
@@ -74,6 +75,7 @@ class System:
         # Children stop in reverse start order: the bridge, then the exchange streams.
         self.supervisor.shutdown(timeout_per_child=max(0.1, min(2.0, (deadline - time.monotonic()) / 4)))
         self.market.stop()
+        self.gateway.hub.broker.close()
         self.server.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
         log.info("stopped", extra={"fields": {"exit_code": exit_code,
                                               "unclosed": len(self.gateway.hub.sessions)}})
@@ -97,7 +99,14 @@ def _demo_settings(settings: Settings) -> Settings:
 
 def build(settings: Settings) -> System:
     metrics = build_metrics()
-    hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user)
+    if settings.redis_url:
+        from brokers.redis_broker import RedisBroker
+
+        broker: Any = RedisBroker(settings.redis_url, history_size=settings.history_size,
+                                  history_ttl=settings.history_ttl)
+    else:
+        broker = MemoryBroker(history_size=settings.history_size, history_ttl=settings.history_ttl)
+    hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user, broker=broker)
     gateway = Gateway(settings, metrics, hub)
     supervisor = Supervisor("root", metrics=metrics, on_escalate=lambda reason: exit_process(reason))
     market = MarketData(settings, hub, supervisor, metrics)
@@ -105,9 +114,14 @@ def build(settings: Settings) -> System:
     def supervision_health() -> tuple[str, bool, Any]:
         return "supervisor", supervisor.healthy(), supervisor.status(dynamic=False)
 
+    def broker_health() -> tuple[str, bool | None, Any]:
+        # None: reported, but a broker outage does not take the node out of
+        # rotation (it keeps serving its local data).
+        return "broker", None, broker.stats()
+
     app = create_app(
         gateway,
-        health_checks=[supervision_health],
+        health_checks=[supervision_health, broker_health],
         stats_sections=[lambda: ("bridge", market.stats()), lambda: ("supervisor", supervisor.status())],
     )
     server = WSGIServer((settings.host, settings.port), app, handler_class=GatewayHandler, log=None,

@@ -1,35 +1,50 @@
 """ChannelActor: one per channel key; fans each publication out to its subscribers.
 
-Takes: :class:`Join`, :class:`Leave`, :class:`Publish`, :class:`Evict`,
+Takes: :class:`Join`, :class:`Leave`, :class:`Publish` (local channels),
+:class:`Deliver` and :class:`CatchUp` (brokered channels), :class:`Evict`,
 :class:`IdleCheck`.
-Sends: :class:`SubscriptionRevoked` to the connections it evicts. Each publication is encoded once into a text
-frame and the same bytes are pushed into every subscriber's outbox; an
-outbox that is full refuses the frame and closes its connection as a slow
-consumer (the channel never blocks on a client).
+Sends: :class:`SubscriptionRevoked` to the connections it evicts.
+
+Each publication is encoded once into a text frame and the same bytes are
+pushed into every subscriber's outbox; an outbox that is full refuses the
+frame and closes its connection as a slow consumer (the channel never
+blocks on a client).
+
+**Local channels** (market data, time-sync, system-health: every node has
+its own upstream) number their publications themselves (``seq``).
+**Brokered channels** (private channels, bot-commands) take offset and epoch
+from the broker: ``seq`` is the broker's offset, so it means the same on
+every node. A subscriber that joins with a position gets what it missed
+from the broker's history first, then live publications, with no
+duplicate and no gap; a gap in live delivery (a node that missed broker
+messages) is filled from the history, and when that is impossible the
+subscribers get a ``resync`` message.
 
 A channel with no subscribers for ``idle_grace`` seconds stops and removes
-itself from the hub; the hub starts a fresh one (a new ``epoch``) on the
-next subscribe. A channel whose handler fails is replaced by the hub at once
-with the same subscribers (``on_failed``): the publication being handled is
-lost and ``seq`` starts again at 1, which clients see as a gap.
+itself from the hub. A channel whose handler fails is replaced by the hub
+at once with the same subscribers (``on_failed``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 
-from actors.messages import Evict, IdleCheck, Join, Leave, Publish, SubscriptionRevoked
+from actors.messages import CatchUp, Deliver, Evict, IdleCheck, Join, Leave, Publish, SubscriptionRevoked
 from actors.runtime import GeventActor
+from brokers.broker import Broker, BrokerUnavailable, Position, Publication
 from protocol.channels import ChannelKey
-from protocol.messages import data_message
+from protocol.messages import data_message, resync_message
 from transport.frames import Opcode, encode_frame
 from transport.socket import Outbox
 
 __all__ = ["ChannelActor"]
+
+
+def _frame(text: str) -> bytes:
+    return encode_frame(Opcode.TEXT, text.encode("utf-8"))
 
 
 class ChannelActor(GeventActor):
@@ -43,6 +58,7 @@ class ChannelActor(GeventActor):
         on_idle: Callable[[ChannelKey, Any], None],
         on_count: Callable[[ChannelKey, int], None],
         on_failed: Callable[[ChannelKey, Any, dict[str, Outbox], dict[str, Any]], None] | None = None,
+        broker: Broker | None = None,
         sent_counter: Any = None,
         bytes_counter: Any = None,
         idle_grace: float = 30.0,
@@ -50,8 +66,10 @@ class ChannelActor(GeventActor):
         super().__init__()
         self.key = key
         self.public_name = public_name
-        self.epoch = int(time.time() * 1000)
+        self.broker = broker
         self.seq = 0
+        self.position: Position | None = None  # brokered: the last offset delivered
+        self.skip: dict[str, int] = {}  # brokered: session → offsets it already got from history
         self.subscribers: dict[str, Outbox] = {}
         self.owners: dict[str, Any] = {}
         self.retained: bytes | None = None
@@ -65,24 +83,23 @@ class ChannelActor(GeventActor):
         self._idle_generation = 0
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Publish):
+        if isinstance(message, Deliver):
+            self._deliver(message.publication)
+        elif isinstance(message, Publish):
             return self._publish(message)
-        if isinstance(message, Join):
-            self.subscribers[message.session_id] = message.outbox
-            self.owners[message.session_id] = message.owner
-            if self.retained is not None:
-                message.outbox.push(self.retained)
-            self._on_count(self.key, len(self.subscribers))
-            return None
-        if isinstance(message, Leave):
+        elif isinstance(message, Join):
+            self._join(message)
+        elif isinstance(message, Leave):
             if self.subscribers.pop(message.session_id, None) is not None:
                 self.owners.pop(message.session_id, None)
+                self.skip.pop(message.session_id, None)
                 self._on_count(self.key, len(self.subscribers))
                 if not self.subscribers:
                     self._idle_soon()
-            return None
-        if isinstance(message, Evict):
-            frame = encode_frame(Opcode.TEXT, message.frame_text.encode("utf-8"))
+        elif isinstance(message, CatchUp):
+            self._catch_up("the broker reconnected")
+        elif isinstance(message, Evict):
+            frame = _frame(message.frame_text)
             for session_id, outbox in self.subscribers.items():
                 outbox.push(frame)
                 owner = self.owners.get(session_id)
@@ -93,17 +110,17 @@ class ChannelActor(GeventActor):
             self.retained = None
             self._on_count(self.key, 0)
             self._idle_soon()
-            return None
-        if isinstance(message, IdleCheck):
+        elif isinstance(message, IdleCheck):
             if not self.subscribers and message.generation == self._idle_generation:
                 self._on_idle(self.key, self.actor_ref)
                 self.stop()
-            return None
-        return super().on_receive(message)
+        else:
+            return super().on_receive(message)
+        return None
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         # Not left to die with its subscribers: the hub starts a successor
-        # at once and moves every subscriber over (a new epoch, seq from 1).
+        # at once and moves every subscriber over.
         if self._on_failed is not None:
             self._on_failed(self.key, self.actor_ref, dict(self.subscribers), dict(self.owners))
 
@@ -115,10 +132,105 @@ class ChannelActor(GeventActor):
         if not self.actor_stopped.is_set():
             self.actor_ref.tell(IdleCheck(generation))
 
+    # -- joining -------------------------------------------------------------------
+
+    def _join(self, message: Join) -> None:
+        outbox = message.outbox
+        if self.broker is None:
+            if message.confirm is not None:
+                outbox.push(_frame(message.confirm(None, None)))
+            if self.retained is not None:
+                outbox.push(self.retained)
+        else:
+            self._join_brokered(message)
+        self.subscribers[message.session_id] = outbox
+        self.owners[message.session_id] = message.owner
+        self._on_count(self.key, len(self.subscribers))
+
+    def _join_brokered(self, message: Join) -> None:
+        assert self.broker is not None
+        outbox = message.outbox
+        missed: list[Publication] = []
+        recovered: bool | None = None
+        try:
+            head = self.broker.position(self.key)
+            if message.since is not None:
+                missed, recovered = self.broker.history(self.key, message.since)
+        except BrokerUnavailable:
+            # Live delivery only; the client learns its position is not honoured.
+            head, recovered = self.position, (False if message.since is not None else None)
+        if self.position is None:
+            self.position = head
+        last = max([head.offset if head else 0] + [p.offset for p in missed])
+        position = Position(last, missed[-1].epoch if missed else (head.epoch if head else ""))
+        if message.confirm is not None:
+            outbox.push(_frame(message.confirm(recovered, position)))
+        for pub in missed:
+            outbox.push(self._encode(pub))
+        self.skip[message.session_id] = last
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _encode(self, pub: Publication) -> bytes:
+        return _frame(data_message(self.public_name, pub.offset, pub.ts, pub.data, {"epoch": pub.epoch}))
+
+    def _deliver(self, pub: Publication) -> None:
+        position = self.position
+        if position is not None and pub.epoch == position.epoch:
+            if pub.offset <= position.offset:
+                return  # already delivered (a catch-up got there first)
+            if pub.offset > position.offset + 1:
+                self._catch_up(f"offsets {position.offset + 1}-{pub.offset - 1} arrived late or not at all")
+                if self.position is not None and pub.offset <= self.position.offset:
+                    return
+        elif position is not None and pub.epoch != position.epoch:
+            self._resync("the channel's history restarted")
+        self._send(pub)
+
+    def _send(self, pub: Publication) -> None:
+        frame = self._encode(pub)
+        skip = self.skip
+        delivered = 0
+        for session_id, outbox in self.subscribers.items():
+            if skip:
+                seen = skip.get(session_id)
+                if seen is not None:
+                    if pub.offset <= seen:
+                        continue
+                    del skip[session_id]
+            if outbox.push(frame):
+                delivered += 1
+        self.position = pub.position
+        self._count(delivered, frame)
+
+    def _catch_up(self, reason: str) -> None:
+        """Fill a gap from the broker's history, or tell subscribers to resync."""
+        if self.broker is None or self.position is None:
+            return
+        try:
+            missed, recovered = self.broker.history(self.key, self.position)
+        except BrokerUnavailable:
+            missed, recovered = [], False
+        if recovered:
+            for pub in missed:
+                self._send(pub)
+        else:
+            self._resync(reason)
+
+    def _resync(self, reason: str) -> None:
+        try:
+            head = self.broker.position(self.key) if self.broker is not None else None
+        except BrokerUnavailable:
+            head = None
+        frame = _frame(resync_message(self.public_name, head, reason))
+        for outbox in self.subscribers.values():
+            outbox.push(frame)
+        self.skip.clear()
+        self.position = head
+
     def _publish(self, message: Publish) -> int:
         self.seq += 1
-        text = data_message(self.public_name, self.seq, message.ts, message.data, message.extra)
-        frame = encode_frame(Opcode.TEXT, text.encode("utf-8"))
+        frame = _frame(data_message(self.public_name, self.seq, message.ts, message.data, message.extra))
         if message.retain:
             self.retained = frame
         delivered = 0
@@ -134,7 +246,10 @@ class ChannelActor(GeventActor):
             for outbox in subscribers.values():
                 if outbox.push(frame):
                     delivered += 1
+        self._count(delivered, frame)
+        return self.seq
+
+    def _count(self, delivered: int, frame: bytes) -> None:
         if delivered and self._sent is not None:
             self._sent.inc(delivered)
             self._bytes.inc(delivered * len(frame))
-        return self.seq

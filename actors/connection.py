@@ -20,10 +20,11 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from actors.messages import CloseConnection, Disconnected, Inbound, Publish, Rejected, SubscriptionRevoked
+from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
 from actors.runtime import GeventActor
+from brokers.broker import BrokerUnavailable
 from gateway.auth import AuthError
-from protocol.channels import SERVICE_CHANNELS, Channel, ChannelKey, keys_for
+from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -155,8 +156,21 @@ class ConnectionActor(GeventActor):
                         request_id=msg.request_id, channel=channel.value)
             return
         self.subscriptions[ident] = keys
+        if channel in BROKERED_CHANNELS:
+            # One key; the channel confirms, with the position and whether the
+            # missed publications since ``msg.since`` could be recovered.
+            request_id, counter = msg.request_id, self.gateway.metrics.messages_sent.labels("-", "subscribed")
+
+            def confirm(recovered: bool | None, position: Any) -> str:
+                counter.inc()
+                return subscribed_message(channel, None, request_id, recovered=recovered, position=position)
+
+            self.hub.join(self.session, keys[0], since=msg.since, confirm=confirm)
+            return
         # The confirmation goes first, so it precedes the retained value and live data.
-        self._send(subscribed_message(channel, params, msg.request_id), "subscribed")
+        # Non-brokered channels keep no history: a ``since`` gets recovered=false and the current state.
+        self._send(subscribed_message(channel, params, msg.request_id,
+                                      recovered=False if msg.since is not None else None), "subscribed")
         for key in keys:
             self.hub.join(self.session, key)
         self.gateway.on_subscribed(self, channel, params, keys)
@@ -205,7 +219,9 @@ class ConnectionActor(GeventActor):
                         request_id=msg.request_id)
             return
         key = ChannelKey(Channel.BOT_COMMANDS.value)
-        services = self.hub.subscribers(key)
+        services = self.hub.broker.receivers(key)
+        if services is None:  # the memory broker: the services are the local subscribers
+            services = self.hub.subscribers(key)
         if not services:
             self._error(ErrorCode.NO_SERVICE, "no bot service is connected; try again later",
                         request_id=msg.request_id)
@@ -213,5 +229,10 @@ class ConnectionActor(GeventActor):
         command_id = uuid.uuid4().hex
         data = {"commandId": command_id, "userId": self.principal.user_id, "botId": msg.bot_id,
                 "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
-        self.hub.publish(key, Publish(data, _now_ms()))
+        try:
+            self.hub.publish_shared(key, data, _now_ms())
+        except BrokerUnavailable:
+            self._error(ErrorCode.NO_SERVICE, "bot services cannot be reached now; try again later",
+                        request_id=msg.request_id)
+            return
         self._send(bot_command_ack_message(command_id, services, msg.request_id), "bot_command_ack")

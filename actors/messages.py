@@ -7,9 +7,11 @@ bounded outbox (``transport/socket.py``), which is the per-client queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from brokers.broker import Position, Publication
 from protocol.channels import ChannelKey
 from protocol.errors import ProtocolError
 from protocol.messages import ClientMessage
@@ -60,9 +62,31 @@ class SubscriptionRevoked:
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    """Add a subscriber.
+
+    ``since`` asks for the publications after that position (brokered
+    channels). ``confirm(recovered, position)`` builds the ``subscribed``
+    reply; the channel sends it, so that it precedes the recovered
+    publications and the live ones.
+    """
+
     session_id: str
     outbox: Outbox
     owner: Any = None  # the connection actor's ref, told SubscriptionRevoked on Evict
+    since: Position | None = None
+    confirm: Callable[[bool | None, Position | None], str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A publication from the broker (brokered channels)."""
+
+    publication: Publication
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """The broker reconnected: fetch what was missed, or tell subscribers to resync."""
 
 
 @dataclass(frozen=True, slots=True)

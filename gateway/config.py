@@ -92,6 +92,10 @@ class Settings:
     restart_floor: float = 0.1
     restart_reset_after: float = 30.0
     circuit_cooldown: float = 60.0
+    # broker
+    redis_url: str | None = None
+    history_size: int = 100
+    history_ttl: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -156,4 +160,7 @@ class Settings:
             restart_floor=_ms(env, "RESTART_FLOOR", 100),
             restart_reset_after=_ms(env, "RESTART_RESET_AFTER", 30000),
             circuit_cooldown=_ms(env, "CIRCUIT_COOLDOWN", 60000),
+            redis_url=env.get("REDIS_URL") or None,
+            history_size=_int(env, "HISTORY_SIZE", 100),
+            history_ttl=_ms(env, "HISTORY_TTL", 300000),
         )

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from actors.messages import Publish
+from brokers.broker import BrokerUnavailable
 from gateway.auth import AuthError, Principal
 from gateway.dashboard import blueprint as dashboard_blueprint
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
@@ -51,11 +51,17 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         components: dict[str, Any] = {"server": {"ok": not gateway.draining,
                                                  "state": "draining" if gateway.draining else "serving"}}
         ok = not gateway.draining
+        degraded = False
         for check in health_checks:
             name, healthy, detail = check()
+            if healthy is None:  # informational: degrades, never fails, the node
+                healthy = bool(detail.get("connected", True)) if isinstance(detail, dict) else True
+                degraded = degraded or not healthy
+            else:
+                ok = ok and healthy
             components[name] = {"ok": healthy, **(detail if isinstance(detail, dict) else {"detail": detail})}
-            ok = ok and healthy
-        body = {"status": "ok" if ok else "unavailable", "uptime": round(time.time() - started, 3),
+        status = ("degraded" if degraded else "ok") if ok else "unavailable"
+        body = {"status": status, "uptime": round(time.time() - started, 3),
                 "connections": len(gateway.hub.sessions), "components": components}
         response = jsonify(body)
         response.status_code = 200 if ok else 503
@@ -122,11 +128,13 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         if data is None:
             return _error(400, "invalid_message", "data is required")
         key = private_key(channel, user)
-        delivered = gateway.hub.subscribers(key)
-        if delivered:
-            gateway.hub.publish(key, Publish(data, int(time.time() * 1000)))
+        try:
+            pub = gateway.hub.publish_shared(key, data, int(time.time() * 1000))
+        except BrokerUnavailable:
+            # Refused, never accepted and then lost.
+            return _error(503, "broker_unavailable", "the message broker is unavailable; nothing was published")
         gateway.metrics.publications.labels(channel.value).inc()
-        response = jsonify({"published": True, "channel": channel.value, "subscribers": delivered})
+        response = jsonify({"published": True, "channel": channel.value, "offset": pub.offset, "epoch": pub.epoch})
         response.status_code = 202
         return response
 

@@ -22,10 +22,12 @@ from typing import Any
 import pykka
 
 from actors.channel import ChannelActor
-from actors.messages import Join, Leave, Publish
+from actors.messages import CatchUp, Deliver, Join, Leave, Publish
+from brokers.broker import Broker, Position, Publication
+from brokers.memory import MemoryBroker
 from gateway.auth import Principal
 from metrics.definitions import Metrics
-from protocol.channels import ChannelKey
+from protocol.channels import BROKERED_CHANNELS, ChannelKey
 from transport.socket import Outbox
 
 __all__ = ["ConnectionLimitExceeded", "Hub", "Session"]
@@ -54,8 +56,12 @@ def _public_name(key: ChannelKey) -> str:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics, *, max_connections_per_user: int, channel_idle_grace: float = 30.0):
+    def __init__(self, metrics: Metrics, *, max_connections_per_user: int, channel_idle_grace: float = 30.0,
+                 broker: Broker | None = None):
         self.metrics = metrics
+        self.broker: Broker = broker or MemoryBroker()
+        self.broker.on_publication = self._delivered
+        self.broker.on_reconnected = self._broker_reconnected
         self.max_connections_per_user = max_connections_per_user
         self.channel_idle_grace = channel_idle_grace
         self.sessions: dict[str, Session] = {}
@@ -69,13 +75,17 @@ class Hub:
     # -- connections -----------------------------------------------------------
 
     def open_session(self, principal: Principal, outbox: Outbox, now: float) -> Session:
-        """Register a connection, or raise ConnectionLimitExceeded (atomic: no yield)."""
-        user_sessions = self.by_user[principal.user_id]
-        if len(user_sessions) >= self.max_connections_per_user and not principal.is_service:
-            if not user_sessions:
-                del self.by_user[principal.user_id]
+        """Register a connection, or raise ConnectionLimitExceeded.
+
+        The per-user count is the broker's: one process (memory broker, no
+        yield: atomic) or every node together (Redis, one atomic script).
+        """
+        session_id = f"{self._prefix}-{next(self._ids)}"
+        if not principal.is_service and not self.broker.acquire_connection(
+                principal.user_id, session_id, self.max_connections_per_user):
             raise ConnectionLimitExceeded(principal.user_id)
-        session = Session(f"{self._prefix}-{next(self._ids)}", principal, outbox, opened_at=now)
+        user_sessions = self.by_user[principal.user_id]
+        session = Session(session_id, principal, outbox, opened_at=now)
         self.sessions[session.session_id] = session
         if not user_sessions:
             self.metrics.users.inc()
@@ -87,6 +97,8 @@ class Hub:
             return
         for key in list(session.channels):
             self.leave(session, key)
+        if not session.principal.is_service:
+            self.broker.release_connection(session.principal.user_id, session.session_id)
         users = self.by_user.get(session.principal.user_id)
         if users is not None:
             users.discard(session.session_id)
@@ -100,9 +112,11 @@ class Hub:
         ref = self.channels.get(key)
         if ref is None or not ref.is_alive():
             name = _public_name(key)
+            brokered = name in BROKERED_CHANNELS
             ref = ChannelActor.start(
                 key, name, on_idle=self._channel_idle, on_count=self._channel_count,
-                on_failed=self._channel_failed, sent_counter=self.metrics.messages_sent.labels(name, "data"),
+                on_failed=self._channel_failed, broker=self.broker if brokered else None,
+                sent_counter=self.metrics.messages_sent.labels(name, "data"),
                 bytes_counter=self.metrics.bytes_queued.labels(name), idle_grace=self.channel_idle_grace,
             )
             self.channels[key] = ref
@@ -112,11 +126,14 @@ class Hub:
         ref = self.channels.get(key)
         return ref if ref is not None and ref.is_alive() else None
 
-    def join(self, session: Session, key: ChannelKey) -> None:
+    def join(self, session: Session, key: ChannelKey, *, since: Position | None = None,
+             confirm: Any = None) -> None:
         session.channels.add(key)
+        if _public_name(key) in BROKERED_CHANNELS:
+            self.broker.subscribe(key)
         for _ in range(2):
             try:
-                self.channel(key).tell(Join(session.session_id, session.outbox, session.actor))
+                self.channel(key).tell(Join(session.session_id, session.outbox, session.actor, since, confirm))
                 return
             except pykka.ActorDeadError:
                 self.channels.pop(key, None)
@@ -141,6 +158,23 @@ class Hub:
         except pykka.ActorDeadError:
             return False
         return True
+
+    def publish_shared(self, key: ChannelKey, data: Any, ts: int) -> Publication:
+        """Publish on a brokered channel (every node); raises BrokerUnavailable instead of losing it."""
+        return self.broker.publish(key, data, ts)
+
+    def _delivered(self, pub: Publication) -> None:
+        ref = self.existing_channel(ChannelKey(pub.key))
+        if ref is not None:
+            try:
+                ref.tell(Deliver(pub))
+            except pykka.ActorDeadError:
+                pass
+
+    def _broker_reconnected(self) -> None:
+        for key, ref in list(self.channels.items()):
+            if _public_name(key) in BROKERED_CHANNELS and ref.is_alive():
+                ref.tell(CatchUp())
 
     def subscribers(self, key: ChannelKey) -> int:
         return self.subscriber_counts.get(key, 0)
@@ -169,6 +203,8 @@ class Hub:
     def _channel_idle(self, key: ChannelKey, ref: Any) -> None:
         if self.channels.get(key) is ref:
             del self.channels[key]
+            if _public_name(key) in BROKERED_CHANNELS:
+                self.broker.unsubscribe(key)
 
     # -- stats -------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ BEARER_PREFIX = "bearer."
 _PING_FRAME = encode_frame(Opcode.PING, b"")
 # Closes decided by the frame reader (transport/), counted here; the others are counted where decided.
 _FRAME_ERROR_CODES = frozenset({1002, 1007, 1009})
-QUEUE_DEPTH_SAMPLE_EVERY = 10.0  # seconds between queue-depth samples of every connection
+SLOW_SWEEP_EVERY = 10.0  # seconds between queue-depth samples and broker connection refreshes
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +225,7 @@ class Gateway:
         s = self.settings
         tick = max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
         next_ping = time.monotonic() + s.heartbeat_interval
-        next_sample = time.monotonic() + QUEUE_DEPTH_SAMPLE_EVERY
+        next_sample = time.monotonic() + SLOW_SWEEP_EVERY
         while True:
             gevent.sleep(tick)
             now = time.monotonic()
@@ -234,7 +234,7 @@ class Gateway:
                 next_ping += s.heartbeat_interval
             sample = now >= next_sample
             if sample:
-                next_sample = now + QUEUE_DEPTH_SAMPLE_EVERY
+                next_sample = now + SLOW_SWEEP_EVERY
             self.sweep(ping=ping, sample=sample)
 
     def sweep(self, *, ping: bool, sample: bool = False) -> None:
@@ -255,6 +255,11 @@ class Gateway:
                 conn.outbox.push_control(_PING_FRAME)
             if sample:
                 depth.observe(conn.outbox.depth)
+        if sample:
+            # Keep this node's connections counted in the broker (they expire if it dies).
+            self.hub.broker.refresh_connections(
+                [(x.principal.user_id, x.session_id) for x in self.hub.sessions.values()
+                 if not x.principal.is_service])
 
     def _tell_close(self, session: Session, code: CloseCode) -> None:
         try:

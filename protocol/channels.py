@@ -45,6 +45,10 @@ GLOBAL_CHANNELS = frozenset({Channel.TIME_SYNC, Channel.SYSTEM_HEALTH})
 # the users' bot commands here.
 SERVICE_CHANNELS = frozenset({Channel.BOT_COMMANDS})
 
+# Published through the broker (reach every node, kept in history for
+# recovery). The others are per node: each node has its own exchange streams.
+BROKERED_CHANNELS = PRIVATE_CHANNELS | SERVICE_CHANNELS
+
 EXCHANGES = frozenset({"bybit"})
 CATEGORIES = frozenset({"spot", "linear"})
 ORDERBOOK_DEPTHS = {"spot": frozenset({1, 50, 200}), "linear": frozenset({1, 50, 200})}

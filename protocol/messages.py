@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from brokers.broker import Position
 from protocol.channels import (
     PRIVATE_CHANNELS,
     Channel,
@@ -40,6 +41,7 @@ class Subscribe:
     channel: Channel
     params: MarketParams | None = None
     request_id: str | None = None
+    since: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,18 @@ def _subscription(obj: dict[str, Any], rid: str | None) -> tuple[Channel, Market
         raise
 
 
+def _since(value: Any, rid: str | None) -> Position | None:
+    if value is None:
+        return None
+    offset = value.get("offset") if isinstance(value, dict) else None
+    epoch = value.get("epoch") if isinstance(value, dict) else None
+    if (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0
+            or not isinstance(epoch, str) or len(epoch) > 64):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "since must be {offset: integer >= 0, epoch: string}",
+                            request_id=rid)
+    return Position(offset, epoch)
+
+
 def parse(text: str) -> ClientMessage:
     """Parse one client text frame; raises ProtocolError with a stable code."""
     obj = _loads(text)
@@ -136,7 +150,7 @@ def parse(text: str) -> ClientMessage:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "type must be a string", request_id=rid)
     if kind == "subscribe":
         channel, params = _subscription(obj, rid)
-        return Subscribe(channel, params, rid)
+        return Subscribe(channel, params, rid, _since(obj.get("since"), rid))
     if kind == "unsubscribe":
         channel, params = _subscription(obj, rid)
         return Unsubscribe(channel, params, rid)
@@ -192,13 +206,30 @@ def connection_message(*, session_id: str, user_id: str, server_time: int, heart
 
 
 def subscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None,
-                       *, already: bool = False) -> str:
+                       *, already: bool = False, recovered: bool | None = None,
+                       position: Position | None = None) -> str:
+    """``recovered`` is present when the client sent ``since``; ``offset`` and
+    ``epoch`` (brokered channels) are where the client is now."""
     msg: dict[str, Any] = {"type": "subscribed", "channel": channel.value}
     if params is not None:
         msg["data"] = params.to_json()
     if already:
         msg["already"] = True
+    if recovered is not None:
+        msg["recovered"] = recovered
+    if position is not None:
+        msg["offset"] = position.offset
+        msg["epoch"] = position.epoch
     return dumps(_with_id(msg, request_id))
+
+
+def resync_message(channel: str, position: Position | None, reason: str) -> str:
+    """Publications on ``channel`` may have been lost: refetch the state, continue from ``position``."""
+    msg: dict[str, Any] = {"type": "resync", "channel": channel, "reason": reason}
+    if position is not None:
+        msg["offset"] = position.offset
+        msg["epoch"] = position.epoch
+    return dumps(msg)
 
 
 def unsubscribed_message(channel: Channel, params: MarketParams | None, request_id: str | None,

@@ -1,0 +1,88 @@
+"""The broker boundary: publications with offsets, bounded history, shared connection counts.
+
+Every publication on a brokered channel (the private channels and
+``bot-commands``) gets an ``offset`` that rises by one within an ``epoch``.
+An epoch names one unbroken history: when a broker loses its history (a
+process restart for the memory broker, an expired or flushed key for
+Redis) the epoch changes, and a client holding an older position is told
+``recovered: false``.
+
+Delivery is a callback: the broker calls ``on_publication`` for every
+publication on a channel this node subscribed to (including its own), and
+``on_reconnected`` after it lost and regained its upstream (Redis), so the
+channels can catch up on what they missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Broker", "BrokerUnavailable", "Position", "Publication"]
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take or serve publications now (Redis down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a channel's history: the last offset seen, in an epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    key: str
+    offset: int
+    epoch: str
+    data: Any
+    ts: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.offset, self.epoch)
+
+
+class Broker(Protocol):
+    on_publication: Callable[[Publication], None]
+    on_reconnected: Callable[[], None]
+
+    def publish(self, key: str, data: Any, ts: int) -> Publication:
+        """Store and deliver; raises BrokerUnavailable rather than lose it."""
+
+    def subscribe(self, key: str) -> None:
+        """This node has local subscribers for ``key`` (idempotent)."""
+
+    def unsubscribe(self, key: str) -> None:
+        """This node has no local subscribers for ``key`` any more."""
+
+    def position(self, key: str) -> Position:
+        """The latest position of ``key`` (offset 0 before any publication)."""
+
+    def history(self, key: str, since: Position) -> tuple[list[Publication], bool]:
+        """Publications after ``since``, in order, and whether that is all of them.
+
+        ``recovered`` is false when ``since`` is from another epoch or
+        older than the kept history; the list is then empty.
+        """
+
+    def receivers(self, key: str) -> int | None:
+        """How many nodes listen to ``key`` (None: only this node exists)."""
+
+    def acquire_connection(self, user: str, session_id: str, limit: int) -> bool:
+        """Count one more connection of ``user`` unless ``limit`` is reached (atomic)."""
+
+    def release_connection(self, user: str, session_id: str) -> None: ...
+
+    def refresh_connections(self, sessions: list[tuple[str, str]]) -> None:
+        """Keep this node's connections counted (they expire if the node dies)."""
+
+    def healthy(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,288 @@
+"""RedisBroker: many gateway processes, one set of channels (``REDIS_URL``).
+
+* **Publish** is one Lua script: the channel's offset rises by one
+  (``HINCRBY ws:meta:<key> offset``), the publication is appended to the
+  channel's stream (``XADD ws:stream:<key> <offset>-0``, at most
+  ``history_size`` kept) and sent with ``PUBLISH ws:pub:<key>``. Stored and
+  sent together, or not at all: a publish that cannot reach Redis raises
+  :class:`BrokerUnavailable` and nothing was accepted.
+* **Epoch.** ``ws:meta:<key>`` holds the epoch; meta and stream expire
+  after ``history_ttl`` seconds without a publication. When they are gone
+  (expired, or Redis restarted without persistence) the next publish starts
+  a new epoch, and older positions are answered ``recovered: false``.
+* **Subscriptions.** A node subscribes in Redis only to the channels it has
+  local subscribers for. One listener greenlet reads them; when Redis goes
+  away it reconnects with full-jitter backoff, resubscribes, and calls
+  ``on_reconnected`` so the channels fetch what they missed from the
+  streams (or tell their clients to resync).
+* **Connection counts.** ``ws:conns:<user>`` is a sorted set of session ids
+  scored by expiry; the limit check and the insert are one atomic script,
+  so across all nodes exactly ``limit`` succeed. Nodes refresh their
+  sessions' expiry; a dead node's connections stop counting after
+  ``connection_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import redis
+
+from brokers.broker import BrokerUnavailable, Position, Publication
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("gateway.broker")
+
+_PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], offset .. '-0', 'd', ARGV[2], 't', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('PUBLISH', ARGV[1],
+  '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ARGV[3] .. ',"d":' .. ARGV[2] .. '}')
+return {offset, epoch}
+"""
+
+_POSITION = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local offset = redis.call('HGET', KEYS[1], 'offset') or '0'
+return {tonumber(offset), epoch}
+"""
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl * 2))
+return 1
+"""
+
+_REFRESH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', 'ws:conns:' .. ARGV[i], 'XX', now + ttl, ARGV[i + 1])
+  redis.call('EXPIRE', 'ws:conns:' .. ARGV[i], math.ceil(ttl * 2))
+end
+return 1
+"""
+
+
+def _meta(key: str) -> str:
+    return f"ws:meta:{key}"
+
+
+def _stream(key: str) -> str:
+    return f"ws:stream:{key}"
+
+
+def _pubsub(key: str) -> str:
+    return f"ws:pub:{key}"
+
+
+class RedisBroker:
+    def __init__(self, url: str, *, history_size: int = 100, history_ttl: float = 300.0,
+                 connection_ttl: float = 30.0, backoff_base: float = 0.2, backoff_cap: float = 5.0,
+                 socket_timeout: float = 2.0) -> None:
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl = max(1, int(history_ttl))
+        self.connection_ttl = connection_ttl
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.on_publication: Callable[[Publication], None] = lambda pub: None
+        self.on_reconnected: Callable[[], None] = lambda: None
+        self.redis = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                                          health_check_interval=5)
+        self._publish = self.redis.register_script(_PUBLISH)
+        self._position = self.redis.register_script(_POSITION)
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._refresh = self.redis.register_script(_REFRESH)
+        self._keys: set[str] = set()
+        self._pubsub: Any = None
+        self._connected = False
+        self._closing = False
+        self._listener = gevent.spawn(self._listen_forever)
+        self.reconnects = 0
+
+    # -- publishing and history -----------------------------------------------------
+
+    def publish(self, key: str, data: Any, ts: int) -> Publication:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        try:
+            offset, epoch = self._publish(
+                keys=[_meta(key), _stream(key)],
+                args=[_pubsub(key), text, ts, secrets.token_hex(4), self.history_size, self.history_ttl],
+            )
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        return Publication(key, int(offset), epoch.decode(), data, ts)
+
+    def position(self, key: str) -> Position:
+        try:
+            offset, epoch = self._position(keys=[_meta(key)], args=[secrets.token_hex(4), self.history_ttl])
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        return Position(int(offset), epoch.decode())
+
+    def history(self, key: str, since: Position) -> tuple[list[Publication], bool]:
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hmget(_meta(key), "epoch", "offset")
+            pipe.xrange(_stream(key), min=f"{since.offset + 1}-0", max="+")
+            (epoch, offset), entries = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        if epoch is None or epoch.decode() != since.epoch:
+            return [], False
+        head = int(offset or 0)
+        if since.offset > head:
+            return [], False
+        if since.offset == head:
+            return [], True
+        pubs = [Publication(key, int(entry_id.split(b"-")[0]), since.epoch, json.loads(fields[b"d"]),
+                            int(fields[b"t"])) for entry_id, fields in entries]
+        if not pubs or pubs[0].offset != since.offset + 1 or pubs[-1].offset < head:
+            return [], False  # trimmed past ``since``: cannot recover all of it
+        return pubs, True
+
+    def receivers(self, key: str) -> int | None:
+        try:
+            return int(self.redis.pubsub_numsub(_pubsub(key))[0][1])
+        except redis.RedisError:
+            return 0
+
+    # -- node interest -------------------------------------------------------------
+
+    def subscribe(self, key: str) -> None:
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        if self._pubsub is not None and self._connected:
+            try:
+                self._pubsub.subscribe(_pubsub(key))
+            except redis.RedisError:
+                pass  # the listener resubscribes everything when it reconnects
+
+    def unsubscribe(self, key: str) -> None:
+        if key not in self._keys:
+            return
+        self._keys.discard(key)
+        if self._pubsub is not None and self._connected:
+            try:
+                self._pubsub.unsubscribe(_pubsub(key))
+            except redis.RedisError:
+                pass
+
+    def _listen_forever(self) -> None:
+        attempt = 0
+        first = True
+        while not self._closing:
+            try:
+                self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                # A placeholder channel keeps the connection in subscribe mode even with no keys.
+                self._pubsub.subscribe("ws:node", *[_pubsub(k) for k in self._keys])
+                self._connected = True
+                if not first:
+                    self.reconnects += 1
+                    log.warning("redis reconnected; channels catch up from the streams",
+                                extra={"fields": {"channels": len(self._keys), "attempt": attempt}})
+                    self.on_reconnected()
+                first, attempt = False, 0
+                while not self._closing:
+                    message = self._pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._dispatch(message["channel"], message["data"])
+            except (redis.RedisError, OSError) as exc:
+                if self._closing:
+                    break
+                if self._connected:
+                    log.error("redis connection lost; serving local data, reconnecting",
+                              extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+                self._connected = False
+                try:
+                    self._pubsub.close()
+                except Exception:  # noqa: BLE001 - the connection is being abandoned
+                    pass
+                delay = max(0.05, random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt)))
+                attempt += 1
+                gevent.sleep(delay)
+
+    def _dispatch(self, channel: bytes, payload: bytes) -> None:
+        key = channel.decode()[len("ws:pub:"):]
+        try:
+            msg = json.loads(payload)
+            pub = Publication(key, int(msg["o"]), msg["e"], msg["d"], int(msg["t"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed publication from redis", extra={"fields": {"channel": key}})
+            return
+        self.on_publication(pub)
+
+    # -- connection counts ------------------------------------------------------------
+
+    def acquire_connection(self, user: str, session_id: str, limit: int) -> bool:
+        try:
+            return bool(self._acquire(keys=[f"ws:conns:{user}"], args=[session_id, limit, self.connection_ttl]))
+        except redis.RedisError:
+            # Redis down: admit, and count locally only (documented); the limit
+            # is enforced again across nodes once Redis is back.
+            log.warning("redis unavailable for the connection limit; admitting on the local count")
+            return True
+
+    def release_connection(self, user: str, session_id: str) -> None:
+        try:
+            self.redis.zrem(f"ws:conns:{user}", session_id)
+        except redis.RedisError:
+            pass  # it expires after connection_ttl
+
+    def refresh_connections(self, sessions: list[tuple[str, str]]) -> None:
+        for i in range(0, len(sessions), 500):
+            args: list[Any] = [self.connection_ttl]
+            for user, session_id in sessions[i:i + 500]:
+                args += [user, session_id]
+            try:
+                self._refresh(args=args)
+            except redis.RedisError:
+                return
+
+    def healthy(self) -> bool:
+        return self._connected
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": "redis", "connected": self._connected, "channels": len(self._keys),
+                "reconnects": self.reconnects}
+
+    def close(self) -> None:
+        self._closing = True
+        self._listener.kill(block=False)
+        try:
+            self.redis.close()
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
