@@ -50,6 +50,10 @@ __all__ = ["ConnectionActor"]
 
 log = logging.getLogger("gateway.connection")
 
+# Metric label: the protocol's name of each client message type.
+_TYPE_NAMES = {Subscribe: "subscribe", Unsubscribe: "unsubscribe", Ping: "ping", Refresh: "refresh",
+               BotCommand: "bot_command"}
+
 # More errors than this within the window closes the connection with 4003.
 ERROR_BUDGET = 20
 ERROR_WINDOW = 10.0
@@ -126,7 +130,7 @@ class ConnectionActor(GeventActor):
         self.hub.close_session(self.session)
 
     def _handle(self, msg: Any) -> None:
-        self.gateway.metrics.messages_received.labels(type(msg).__name__).inc()
+        self.gateway.metrics.messages_received.labels(_TYPE_NAMES[type(msg)]).inc()
         if isinstance(msg, Subscribe):
             self._subscribe(msg)
         elif isinstance(msg, Unsubscribe):

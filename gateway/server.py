@@ -108,6 +108,9 @@ class Gateway:
             token = values[0] if values else None
         return token, protocol
 
+    def handshake_rejected(self, status: str) -> None:
+        self.metrics.handshake_rejections.labels(status).inc()
+
     # -- after the upgrade ---------------------------------------------------------
 
     def make_connection(self, sock: socket.socket, rfile: Any, environ: dict[str, Any]) -> WebSocketConnection:
@@ -169,6 +172,8 @@ class Gateway:
             self.hub.close_session(session)
             conn.outbox.closed.wait(conn.close_timeout)
             conn.outbox.abort()
+            if conn.outbox.dropped:
+                self.metrics.messages_dropped.labels("slow_consumer").inc(conn.outbox.dropped)
 
     def _read_loop(self, conn: WebSocketConnection, actor: pykka.ActorRef[Any]) -> None:
         received = self.metrics.bytes_received
@@ -181,6 +186,7 @@ class Gateway:
             try:
                 parsed = parse(message)
             except ProtocolError as exc:
+                self.metrics.messages_received.labels("invalid").inc()
                 actor.tell(Rejected(exc))
                 continue
             actor.tell(Inbound(parsed))
@@ -191,7 +197,6 @@ class Gateway:
         conn.wait_closed()
 
     def _slow_consumer(self, actor: pykka.ActorRef[Any]) -> None:
-        self.metrics.messages_dropped.labels("slow_consumer").inc()
         try:
             actor.tell(CloseConnection(CloseCode.SLOW_CONSUMER, CLOSE_CODES[CloseCode.SLOW_CONSUMER].reason,
                                        discard_pending=True))

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["Metrics", "build"]
 
@@ -34,6 +42,7 @@ class Metrics:
     errors_sent: Counter
     publications: Counter
     users: Gauge
+    handshake_rejections: Counter
     bytes_received: Counter
     bytes_queued: Counter
     fanout_latency_seconds: Histogram
@@ -56,6 +65,11 @@ class Metrics:
 
 def build(registry: CollectorRegistry | None = None) -> Metrics:
     r = registry or CollectorRegistry()
+    # The standard process_*, python_info and python_gc_* series (memory,
+    # CPU, open files, start time) in our own registry.
+    ProcessCollector(registry=r)
+    PlatformCollector(registry=r)
+    GCCollector(registry=r)
     m = dict(
         registry=r,
         connections=Gauge("ws_connections", "Open WebSocket connections by state", ["state"], registry=r),
@@ -71,10 +85,14 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
         messages_sent=Counter("ws_messages_sent", "Messages queued to clients by channel and type",
                               ["channel", "type"], registry=r),
         bytes_sent=Counter("ws_bytes_sent", "Bytes written to client sockets", registry=r),
-        messages_dropped=Counter("ws_messages_dropped", "Messages not delivered, by reason", ["reason"], registry=r),
+        messages_dropped=Counter("ws_messages_dropped",
+                                 "Messages not delivered, by reason (slow_consumer: queued or refused frames "
+                                 "of a connection cut for not reading)", ["reason"], registry=r),
         errors_sent=Counter("ws_errors_sent", "error messages sent by code", ["code"], registry=r),
         publications=Counter("ws_publications", "Publications accepted by channel", ["channel"], registry=r),
         users=Gauge("ws_users", "Distinct users with at least one open connection", registry=r),
+        handshake_rejections=Counter("ws_handshake_rejections", "Upgrade requests answered with an HTTP error",
+                                     ["status"], registry=r),
         bytes_received=Counter("ws_bytes_received", "Payload bytes of client messages", registry=r),
         bytes_queued=Counter("ws_bytes_queued", "Bytes of data messages queued to clients, by channel",
                              ["channel"], registry=r),

@@ -68,6 +68,7 @@ class GatewayHandler(WebSocketHandler):
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, HandshakeTimeout):
             self.close_connection = True
+            self.server.gateway.handshake_rejected("408")
             return ("408", _REQUEST_TIMEOUT)
         return super()._handle_client_error(ex)
 
@@ -123,6 +124,7 @@ class GatewayHandler(WebSocketHandler):
         return base64.b64encode(hashlib.sha1((key + _GUID).encode("latin-1")).digest()).decode("ascii")
 
     def _reject(self, rejection: Rejection) -> None:
+        self.server.gateway.handshake_rejected(rejection.status.split()[0])
         body = json.dumps({"error": rejection.error, "message": rejection.message}).encode()
         self.close_connection = True
         self.start_response(

@@ -84,6 +84,7 @@ class Outbox:
         "_written",
         "bytes_written",
         "closed",
+        "dropped",
         "max_bytes",
         "on_latency",
         "on_overflow",
@@ -122,6 +123,7 @@ class Outbox:
         self._stamps: deque[tuple[int, float]] | None = None
         self.closed = Event()
         self.overflowed = False
+        self.dropped = 0  # frames refused or discarded (slow consumer)
         self._writer = gevent.spawn(self._run)
 
     @property
@@ -131,9 +133,12 @@ class Outbox:
     def push(self, frame: bytes, stamp: float | None = None) -> bool:
         """Queue ``frame``; ``stamp`` (epoch seconds the data arrived) samples fan-out latency."""
         if self._closing:
+            if self.overflowed:
+                self.dropped += 1
             return False
         size = len(frame)
         if self._queued_bytes + size > self.max_bytes:
+            self.dropped += 1
             self._overflow()
             return False
         self._frames.append(frame)
@@ -160,6 +165,7 @@ class Outbox:
             return
         self._closing = True
         if discard_pending:
+            self.dropped += len(self._frames)
             self._frames.clear()
             self._queued_bytes = 0
             self._written = self._pushed
