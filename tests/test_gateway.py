@@ -455,3 +455,32 @@ def test_refuses_to_start_without_a_key():
         g.start(timeout=10)
     assert g.proc.wait(10) == 2
     assert any("JWT_SECRET is not set" in line for line in g.lines)
+
+
+def test_slow_consumer_is_cut_with_4001_and_others_keep_their_data():
+    with GatewayProcess({"SERVICE_API_KEY": "test-service-key-placeholder", "WS_QUEUE_BYTES": "262144",
+                         "WS_WRITE_TIMEOUT": "300", "WS_MAX_MESSAGE_SIZE": "200000"}) as g:
+        healthy = g.connect("victor")
+        healthy.recv()
+        healthy.request({"type": "subscribe", "channel": "signals"})
+        stalled, _ = raw_upgrade(g.port, f"/ws?token={g.token('victor')}")
+        stalled.read_frame()
+        stalled.sendall(masked_frame(0x1, b'{"type":"subscribe","channel":"signals"}'))
+        stalled.read_frame()
+        big = "x" * 60000
+        for i in range(250):  # about 15 MB: beyond what socket buffers hold, far beyond the queue
+            assert publish(g, {"channel": "signals", "user": "victor", "data": {"i": i, "pad": big}})[0] == 202
+            assert healthy.recv()["data"]["i"] == i  # the healthy client gets every message, in order
+        # The gateway gave up on the stalled one (it never read): closed with 4001, its frames dropped.
+        deadline = time.monotonic() + 10
+        while json.loads(http("GET", g.http + "/ws/stats")[2])["connectionsByUser"].get("victor") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        metrics = http("GET", g.http + "/metrics")[2].decode()
+        assert 'ws_close_codes_total{code="4001"} 1.0' in metrics
+        assert float(metrics.split('ws_messages_dropped_total{reason="slow_consumer"} ')[1].split()[0]) > 100
+        # Reading at last, it finds what the kernel buffered and then the end of the connection.
+        stalled.settimeout(10)
+        while stalled.recv(1 << 20):
+            pass
+        healthy.close()

@@ -51,8 +51,17 @@ class Rejection(Exception):
         self.headers = headers or []
 
 
+# Read buffer of each connection, for its whole life: a request head and our
+# small JSON messages fit; pywsgi's default (8 KiB) would be most of a
+# connection's memory. Larger reads bypass the buffer anyway.
+READ_BUFFER = 1024
+
+
 class GatewayHandler(WebSocketHandler):
     _timer: gevent.Timeout | None = None
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        super().__init__(sock, address, server, rfile if rfile is not None else sock.makefile("rb", READ_BUFFER))
 
     def handle_one_request(self) -> Any:
         timeout = getattr(self.server, "handshake_timeout", 10.0)

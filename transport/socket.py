@@ -64,11 +64,19 @@ class WriteTimeout(Exception):
 
 
 class Outbox:
-    """Bounded per-connection queue of frame bytes, drained by one writer greenlet.
+    """Bounded per-connection queue of frame bytes, and the only writer of its socket.
 
     ``push`` never blocks: it returns False when the frame cannot be queued
-    (closed, or the queue would exceed ``max_bytes``); ``on_overflow`` is then
-    called once, and the owner closes the connection as a slow consumer.
+    (closed, or the queue would exceed ``max_bytes``); ``on_overflow`` is
+    then called once, and the owner closes the connection as a slow consumer.
+
+    Writing costs no greenlet while the client keeps up: the first push
+    schedules one flush on the event loop, which writes everything queued by
+    then with one non-blocking ``send`` (so a burst of publications reaches
+    each client in one system call). Only when the socket is full does a
+    writer greenlet take over, block with a ``write_timeout`` deadline, and
+    end when the queue is empty again. Either way exactly one writer is
+    active at a time.
     """
 
     __slots__ = (
@@ -77,9 +85,10 @@ class Outbox:
         "_frames",
         "_pushed",
         "_queued_bytes",
+        "_raw",
+        "_scheduled",
         "_sock",
         "_stamps",
-        "_wake",
         "_writer",
         "_written",
         "bytes_written",
@@ -104,9 +113,12 @@ class Outbox:
         on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._sock = sock
+        # The OS socket under gevent's: non-blocking, usable from a loop callback.
+        self._raw = getattr(sock, "_sock", sock)
         self._frames: deque[bytes] = deque()
         self._queued_bytes = 0
-        self._wake = Event()
+        self._scheduled = False
+        self._writer: gevent.Greenlet | None = None
         self._closing = False
         self._close_frame: bytes | None = None
         self.max_bytes = max_bytes
@@ -124,7 +136,6 @@ class Outbox:
         self.closed = Event()
         self.overflowed = False
         self.dropped = 0  # frames refused or discarded (slow consumer)
-        self._writer = gevent.spawn(self._run)
 
     @property
     def depth(self) -> int:
@@ -148,7 +159,7 @@ class Outbox:
             if self._stamps is None:
                 self._stamps = deque()
             self._stamps.append((self._pushed, stamp))
-        self._wake.set()
+        self._schedule()
         return True
 
     def push_control(self, frame: bytes) -> None:
@@ -157,7 +168,7 @@ class Outbox:
             self._frames.append(frame)
             self._queued_bytes += len(frame)
             self._pushed += 1
-            self._wake.set()
+            self._schedule()
 
     def close(self, code: int | None, reason: str = "", *, discard_pending: bool = False) -> None:
         """Queue a close frame after what is queued (or instead of it); idempotent."""
@@ -171,14 +182,15 @@ class Outbox:
             self._written = self._pushed
             self._stamps = None
         self._close_frame = encode_close(code, reason)
-        self._wake.set()
+        self._schedule()
 
     def abort(self) -> None:
         """Stop writing at once (the peer is gone)."""
         self._closing = True
         self._frames.clear()
         self._close_frame = None
-        self._writer.kill(block=False)
+        if self._writer is not None:
+            self._writer.kill(block=False)
         self.closed.set()
 
     def _overflow(self) -> None:
@@ -187,42 +199,115 @@ class Outbox:
             if self.on_overflow is not None:
                 self.on_overflow()
 
-    def _run(self) -> None:
+    def _schedule(self) -> None:
+        if not self._scheduled and self._writer is None:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self._flush)
+
+    def _batch(self) -> tuple[bytes, int]:
         frames = self._frames
+        if len(frames) == 1:
+            return frames.popleft(), 1
+        batch = []
+        size = 0
+        while frames and len(batch) < _BATCH_FRAMES and size < _BATCH_BYTES:
+            frame = frames.popleft()
+            batch.append(frame)
+            size += len(frame)
+        return b"".join(batch), len(batch)
+
+    def _flush(self) -> None:
+        """Runs on the event loop: write what the socket takes without blocking."""
+        self._scheduled = False
+        if self._writer is not None or self.closed.is_set():
+            return
         try:
-            while True:
-                if not frames:
-                    if self._closing:
-                        break
-                    self._wake.clear()
-                    self._wake.wait()
-                    continue
-                if len(frames) == 1:
-                    data = frames.popleft()
-                    count = 1
-                else:
-                    batch = []
-                    size = 0
-                    while frames and len(batch) < _BATCH_FRAMES and size < _BATCH_BYTES:
-                        frame = frames.popleft()
-                        batch.append(frame)
-                        size += len(frame)
-                    data = b"".join(batch)
-                    count = len(batch)
+            while self._frames:
+                data, count = self._batch()
                 self._queued_bytes -= len(data)
-                self._write(data)
-                self._written += count
-                if self._stamps:
-                    self._observe_latency()
-            if self._close_frame is not None:
-                self._write(self._close_frame)
+                sent = self._send_nowait(data)
+                self._wrote(sent, count if sent == len(data) else 0)
+                if sent < len(data):
+                    # The socket is full: a greenlet waits for it, with a deadline.
+                    self._frames.appendleft(data[sent:])
+                    self._queued_bytes += len(data) - sent
+                    self._writer = gevent.spawn(self._drain, count)
+                    return
+            if self._closing:
+                self._finish_nowait()
+        except OSError as exc:
+            log.debug("write failed: %r", exc)
+            self._failed(False)
+
+    def _send_nowait(self, data: bytes) -> int:
+        try:
+            return self._raw.send(data)
+        except BlockingIOError:
+            return 0
+
+    def _finish_nowait(self) -> None:
+        frame = self._close_frame
+        self._close_frame = None
+        if frame is not None:
+            sent = self._send_nowait(frame)
+            if sent < len(frame):
+                self._frames.append(frame[sent:])
+                self._writer = gevent.spawn(self._drain, 1)
+                return
+            self._wrote(sent, 0)
+        self.closed.set()
+
+    def _drain(self, partial_count: int) -> None:
+        """The blocking writer: only while the client is not keeping up."""
+        pending_count = partial_count
+        try:
+            while self._frames:
+                if pending_count:
+                    data, count = self._frames.popleft(), pending_count
+                    pending_count = 0
+                else:
+                    data, count = self._batch()
+                self._queued_bytes -= len(data)
+                with gevent.Timeout(self.write_timeout, WriteTimeout):
+                    self._sock.sendall(data)
+                self._wrote(len(data), count)
+            if self._closing and self._close_frame is not None:
+                frame, self._close_frame = self._close_frame, None
+                with gevent.Timeout(self.write_timeout, WriteTimeout):
+                    self._sock.sendall(frame)
+                self._wrote(len(frame), 0)
         except (OSError, WriteTimeout) as exc:
             log.debug("write failed: %r", exc)
-            if isinstance(exc, WriteTimeout):
-                self._overflow()
+            self._failed(isinstance(exc, WriteTimeout))
+            return
         finally:
-            self._closing = True
+            self._writer = None
+        if self._closing:
             self.closed.set()
+        elif self._frames:
+            self._schedule()
+
+    def _failed(self, timed_out: bool) -> None:
+        self.dropped += len(self._frames)
+        self._frames.clear()
+        self._queued_bytes = 0
+        if timed_out and not self._closing:
+            # A slow consumer: the owner closes it with 4001 (the close frame
+            # gets its own write deadline); until then new frames are queued.
+            self._overflow()
+            return
+        self._closing = True
+        self.closed.set()
+
+    def _wrote(self, nbytes: int, frames: int) -> None:
+        if nbytes:
+            self.bytes_written += nbytes
+            if self.on_written is not None:
+                self.on_written(nbytes)
+        if frames:
+            self._written += frames
+            if self._stamps:
+                self._observe_latency()
 
     def _observe_latency(self) -> None:
         stamps = self._stamps
@@ -231,13 +316,6 @@ class Outbox:
             _, stamp = stamps.popleft()
             if self.on_latency is not None:
                 self.on_latency(now - stamp)
-
-    def _write(self, data: bytes) -> None:
-        with gevent.Timeout(self.write_timeout, WriteTimeout):
-            self._sock.sendall(data)
-        self.bytes_written += len(data)
-        if self.on_written is not None:
-            self.on_written(len(data))
 
 
 class WebSocketConnection:
