@@ -24,8 +24,9 @@ lint: $(STAMP)
 token: $(STAMP)        ## make token USER=alice
 	@$(PY) -m gateway.token $(USER)
 
-bench: $(STAMP)
-	$(PY) bench/connect_rate.py
+bench: $(STAMP)        ## every scenario and peer (bench/run.py; BENCH_ARGS=--quick for a smoke run)
+	$(PY) -m pip install --quiet -r bench/requirements.txt && cd bench/peers/node && npm ci --no-audit --no-fund --silent
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts .demo
