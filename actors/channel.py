@@ -49,6 +49,7 @@ def _frame(text: str) -> bytes:
 
 class ChannelActor(GeventActor):
     registered = False  # the hub holds every channel; pykka's registry is a linear list
+    on_demand = True  # no idle greenlet per connection/channel (actors/runtime.py)
 
     def __init__(
         self,

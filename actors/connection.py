@@ -65,6 +65,7 @@ def _now_ms() -> int:
 
 class ConnectionActor(GeventActor):
     registered = False  # the hub's dicts track connections, not pykka's linear registry
+    on_demand = True  # no idle greenlet per connection/channel (actors/runtime.py)
 
     def __init__(self, gateway: Gateway, session: Session, conn: WebSocketConnection) -> None:
         super().__init__()
@@ -74,7 +75,7 @@ class ConnectionActor(GeventActor):
         self.conn = conn
         self.principal = session.principal
         self.subscriptions: dict[tuple[Channel, Any], list[ChannelKey]] = {}
-        self._errors: deque[float] = deque()
+        self._errors: deque[float] | None = None  # made on the first error: most connections never err
         self._closed = False
 
     # -- helpers -----------------------------------------------------------------
@@ -88,10 +89,12 @@ class ConnectionActor(GeventActor):
         self.gateway.metrics.errors_sent.labels(code.value).inc()
         self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
         now = time.monotonic()
-        self._errors.append(now)
-        while self._errors and self._errors[0] < now - ERROR_WINDOW:
-            self._errors.popleft()
-        if len(self._errors) > ERROR_BUDGET:
+        errors = self._errors if self._errors is not None else deque()
+        self._errors = errors
+        errors.append(now)
+        while errors and errors[0] < now - ERROR_WINDOW:
+            errors.popleft()
+        if len(errors) > ERROR_BUDGET:
             self._close(CloseCode.RATE_LIMITED)
 
     def _close(self, code: CloseCode, reason: str | None = None, *, discard_pending: bool = False) -> None:

@@ -25,11 +25,21 @@ Greenlet death outside a handler (killed while idle, an exception escaping
 ``on_start``) is observed with ``Greenlet.link``: ``on_greenlet_exit`` runs
 and the actor is marked stopped, so it never lingers as a zombie that still
 looks alive. ``supervision.py`` builds on that hook.
+
+**Actors without an idle greenlet.** A greenlet blocked on an empty inbox
+costs about 8 KiB (its saved C stack and Python frames); with one actor per
+client connection that is most of a connection's memory. Classes with
+``on_demand = True`` (connections, channels) get a greenlet only while
+messages are queued: a ``put`` into the empty inbox spawns one, it handles
+what is queued and ends. Their envelopes are handled exactly as pykka's
+loop does (``_handle_envelope``), except that a BaseException fails only
+this actor.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import deque
 from typing import Any, ClassVar
 
 import gevent
@@ -84,14 +94,54 @@ class GeventFuture(pykka.Future[Any]):
         self.async_result.set_exception(exc_info[1], exc_info=exc_info)
 
 
+class _StoppedFlag:
+    """What pykka needs of ``actor_stopped`` (``set``/``is_set``), without the
+    Condition, lock and waiter deque of a ``threading.Event`` (about 1 KiB an actor)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+class _DemandInbox:
+    """An inbox that wakes its actor when a message arrives (``on_demand`` actors)."""
+
+    __slots__ = ("_items", "wake")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self.wake: Any = None
+
+    def put(self, envelope: Any, /) -> None:
+        self._items.append(envelope)
+        if self.wake is not None:
+            self.wake()
+
+    def get(self) -> Any:
+        return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 class GeventActor(pykka.Actor):
     """Base class of every actor in the gateway.
 
-    Subclasses set ``registered = False`` to stay out of pykka's registry.
+    Subclasses set ``registered = False`` to stay out of pykka's registry,
+    and ``on_demand = True`` to hold a greenlet only while they have work.
     """
 
     registered: ClassVar[bool] = True
+    on_demand: ClassVar[bool] = False
     actor_greenlet: Greenlet | None = None
+    _on_start_done = False
 
     @classmethod
     def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Any]:
@@ -101,19 +151,65 @@ class GeventActor(pykka.Actor):
         obj._start_actor_loop()
         return obj.actor_ref
 
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        return gevent.queue.SimpleQueue()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.on_demand:
+            self.actor_stopped = self.actor_ref.actor_stopped = _StoppedFlag()  # type: ignore[assignment]
+
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # pykka calls it on the instance
+        return _DemandInbox() if self.on_demand else gevent.queue.SimpleQueue()
 
     @staticmethod
     def _create_future() -> GeventFuture:
         return GeventFuture()
 
     def _start_actor_loop(self) -> None:
+        if self.on_demand:
+            self.actor_inbox.wake = self._wake
+            self._wake()  # on_start runs at once, as for any pykka actor
+            return
         greenlet = Greenlet(self._actor_loop)
         greenlet.link(self._greenlet_exited)
         self.actor_greenlet = greenlet
         greenlet.start()
+
+    # -- on-demand actors ------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self.actor_greenlet is None and not self.actor_stopped.is_set():
+            self.actor_greenlet = gevent.spawn(self._run_on_demand)
+
+    def _run_on_demand(self) -> None:
+        inbox = self.actor_inbox
+        try:
+            if not self._on_start_done:
+                self._on_start_done = True
+                self._actor_loop_setup()
+            while not self.actor_stopped.is_set() and not inbox.empty():
+                self._handle_envelope(inbox.get())
+        finally:
+            self.actor_greenlet = None
+            if self.actor_stopped.is_set():
+                self.actor_inbox.wake = None
+                self._actor_loop_teardown()
+
+    def _handle_envelope(self, envelope: Any) -> None:
+        """One message, with pykka's failure rules (``Actor._actor_loop_running``)."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:  # noqa: BLE001 - pykka's rule: an ask gets it back, a tell fails the actor
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:  # noqa: BLE001 - as pykka: a failing on_failure is logged
+                    self._handle_failure(*sys.exc_info())
+        except BaseException:  # noqa: BLE001 - fail this actor only, never stop_all
+            self._handle_failure(*sys.exc_info())
 
     def _stop(self) -> None:
         if self.registered:

@@ -105,3 +105,41 @@ def test_unregistered_actor_works_and_stays_out_of_the_registry():
     assert ref not in pykka.ActorRegistry.get_all()
     ref.stop()
     assert not ref.is_alive()
+
+
+class OnDemand(GeventActor):
+    registered = False
+    on_demand = True
+
+    def on_start(self):
+        self.seen = []
+
+    def on_receive(self, message):
+        if message == "timeout":
+            with gevent.Timeout(0.001):
+                gevent.sleep(1)
+        self.seen.append(message)
+        return list(self.seen)
+
+
+def test_on_demand_actor_holds_no_greenlet_while_idle():
+    ref = OnDemand.start()
+    actor = ref._actor_weakref()
+    gevent.idle()
+    assert actor.actor_greenlet is None  # on_start ran, nothing queued: no greenlet
+    for i in range(3):
+        ref.tell(i)
+    assert ref.ask("last", timeout=1) == [0, 1, 2, "last"]
+    gevent.idle()
+    assert actor.actor_greenlet is None
+    ref.stop()
+    assert not ref.is_alive()
+
+
+def test_on_demand_actor_base_exception_fails_only_itself():
+    bystander = OnDemand.start()
+    victim = OnDemand.start()
+    victim.tell("timeout")
+    gevent.sleep(0.05)
+    assert not victim.is_alive()
+    assert bystander.ask("ok", timeout=1) == ["ok"]

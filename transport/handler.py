@@ -72,7 +72,9 @@ class GatewayHandler(WebSocketHandler):
             self.close_connection = True
             return None
         finally:
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, HandshakeTimeout):
@@ -106,6 +108,11 @@ class GatewayHandler(WebSocketHandler):
         self.headers_sent = True
         self.close_connection = True
         self._timer.cancel()
+        self._timer = None
+        # The request is over: keep only what the access line needs (the
+        # parsed headers and the full environ would stay for the connection's life).
+        env = self.environ = {"PATH_INFO": env.get("PATH_INFO"), "REQUEST_METHOD": "GET"}
+        self.headers = None
         conn = gateway.make_connection(self.socket, self.rfile, env)
         gateway.serve(conn, admission, env)
 
