@@ -180,7 +180,6 @@ class ConnectionActor(GeventActor):
                                       recovered=False if msg.since is not None else None), "subscribed")
         for key in keys:
             self.hub.join(self.session, key)
-        self.gateway.on_subscribed(self, channel, params, keys)
 
     def _unsubscribe(self, msg: Unsubscribe) -> None:
         # Idempotent like subscribe: unsubscribing from a channel the

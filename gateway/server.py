@@ -65,7 +65,6 @@ class Gateway:
         self.ws_path = settings.ws_path
         self.ws_paths = frozenset({settings.ws_path, ECHO_PATH} if settings.test_echo_route else {settings.ws_path})
         self.draining = False
-        self.subscribe_listeners: list[Any] = []
         self._sweeper: gevent.Greenlet | None = None
         self.server: WSGIServer | None = None
 
@@ -216,10 +215,6 @@ class Gateway:
         finally:
             conn.outbox.closed.wait(conn.close_timeout)
             conn.outbox.abort()
-
-    def on_subscribed(self, actor: ConnectionActor, channel: Any, params: Any, keys: list[Any]) -> None:
-        for listener in self.subscribe_listeners:
-            listener(actor, channel, params, keys)
 
     # -- liveness ------------------------------------------------------------------
 
