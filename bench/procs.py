@@ -138,6 +138,7 @@ class Gateway:
     """
 
     def __init__(self, env: dict[str, str], log_path: Path, app: Path | None = None) -> None:
+        """``app``: another checkout's app.py (e.g. a clean ``git worktree`` of a commit) instead of ours."""
         self.app = app or ROOT / "app.py"
         self.secret = secrets.token_urlsafe(40)
         self.port = free_port()
@@ -159,7 +160,7 @@ class Gateway:
     def start(self) -> Gateway:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([PY, str(self.app)], cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen([PY, str(self.app)], cwd=self.app.parent, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         try:
             wait_http(self.port)
@@ -196,6 +197,6 @@ class Gateway:
         for line in text.splitlines():
             if line and not line.startswith("#") and line.startswith(names):
                 key, _, value = line.rpartition(" ")
-                if not key.endswith("_created"):
+                if not key.split("{", 1)[0].endswith("_created"):
                     out[key] = float(value)
         return out

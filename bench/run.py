@@ -91,11 +91,17 @@ def _version(cmd: list[str]) -> str:
         return "unavailable"
 
 
-def git_state() -> dict[str, Any]:
+def git_state(tree: Path) -> dict[str, Any]:
+    """The commit the gateway ran from, and files changed in that tree but not committed."""
     def git(*args: str) -> str:
-        return _version(["git", "-C", str(ROOT), *args])
+        try:
+            return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.rstrip("\n")
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "subject": git("log", "-1", "--format=%s")[:120],
+    return {"tree": str(tree), "commit": git("rev-parse", "--short", "HEAD"),
+            "subject": git("log", "-1", "--format=%s")[:120],
             "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]}
 
 
@@ -505,8 +511,10 @@ class Bench:
             window = Window(load, gw.pid, (sim.pid,))
             time.sleep(a.warmup)
             load.call({"cmd": "hist_reset"})
+            fan0 = self.fanout_buckets(gw)
             row = window.measure(a.paced_window)
             row.update(Histogram.percentiles(load.hist()))
+            row["gateway_fanout_latency_ms"] = fanout_quantiles(fan0, self.fanout_buckets(gw))
             row.update({"clients": a.paced_clients, "symbols": len(symbols), "streams": streams,
                         "rate_hz": a.paced_hz, "connect": connect,
                         "messages_per_client_per_s": round(row["delivered_per_s"] / a.paced_clients, 2)})
@@ -547,8 +555,10 @@ class Bench:
                 samples.append((round(time.monotonic() - t_pause, 2), rss_kib(gw.pid), conns, tcp_mem_kib()))
                 stop.wait(0.5)
 
-        def cut_at() -> float | None:
-            return next((t for t, _, c, _ in samples if 0 <= c <= clients - paused), None)
+        def cut_at(all_of_them: bool = True) -> float | None:
+            """Seconds after the pause when the gateway had closed every slow client (or the first one)."""
+            limit = clients - paused if all_of_them else clients - 1
+            return next((t for t, _, c, _ in samples if 0 <= c <= limit), None)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -571,7 +581,9 @@ class Bench:
             "clients": clients, "slow_clients": paused, "slow_rcvbuf": a.slow_rcvbuf,
             "others_delivered_per_client_per_s": round(row["delivered_per_s"] / others, 2),
             "baseline_delivered_per_client_per_s": round(base["delivered_per_s"] / clients, 2),
-            "slow_cut_after_s": cut_at(), "waited_for_cut_s": round(time.monotonic() - t_pause, 1),
+            "slow_cut_after_s": cut_at(), "first_cut_after_s": cut_at(all_of_them=False),
+            "slow_cut_count": clients - min((c for _, _, c, _ in samples if c >= 0), default=clients),
+            "waited_for_cut_s": round(time.monotonic() - t_pause, 1),
             "slow_ends": ends["ends"],
             "rss_start_kib": rss_start, "rss_max_kib": rss_max, "rss_growth_kib": rss_max - rss_start,
             "rss_bound_kib": paused * QUEUE_BYTES // 1024,
@@ -588,6 +600,15 @@ class Bench:
                  + f"; slow cut after {cut_at()} s, ends {ends['ends']}, RSS +{rss_max - rss_start} KiB, "
                    f"kernel TCP memory +{tcp_max - tcp_start} KiB")
         return row
+
+    @staticmethod
+    def fanout_buckets(gw: Gateway) -> dict[float, float]:
+        """The gateway's own sampled ws_fanout_latency_seconds histogram: {upper bound: cumulative count}."""
+        try:
+            samples = gw.metrics("ws_fanout_latency_seconds_bucket")
+        except (OSError, ValueError):
+            return {}
+        return {float(k.split('le="', 1)[1].split('"', 1)[0]): v for k, v in samples.items()}
 
     @staticmethod
     def slow_metrics(gw: Gateway) -> dict[str, float]:
@@ -830,6 +851,19 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fanout_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Bucket upper bounds (ms) holding p50 and p99 of the gateway's sampled exchange-frame-to-socket-write
+    latency over a window: how much of the client's latency is spent inside the gateway."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0
+    out: dict[str, Any] = {"samples": int(total)}
+    for q in (50, 99):
+        b = next((b for b, c in zip(bounds, counts, strict=True) if total and c >= q / 100 * total), None)
+        out[f"p{q}_le"] = None if b is None else (b * 1000 if b != float("inf") else "inf")
+    return out
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -919,13 +953,15 @@ def render(res: dict[str, Any]) -> str:
             if g:
                 rows.append([name, g["clients"], g["slow_clients"], g.get("others_p99_ms"), g.get("baseline_p99_ms"),
                              g.get("p99_ratio_vs_baseline"), g["others_delivered_per_client_per_s"],
-                             g["baseline_delivered_per_client_per_s"], g["slow_cut_after_s"], g["waited_for_cut_s"],
+                             g["baseline_delivered_per_client_per_s"],
+                             f"{g['slow_cut_count']} cut, first {_fmt(g['first_cut_after_s'])}, "
+                             f"all {_fmt(g['slow_cut_after_s'])}", g["waited_for_cut_s"],
                              json.dumps(g["slow_ends"]), _closes(g.get("gateway_metrics_during", {})),
                              g["rss_growth_kib"], g["rss_bound_kib"],
                              g["kernel_tcp_mem_max_kib"] - g["kernel_tcp_mem_start_kib"]])
         parts.append("(e) slow consumers: 1% of clients stop reading (paced = b's load, burst = a's 1,000 clients)\n"
                      + _table(["load", "clients", "slow", "others p99 ms", "baseline p99 ms", "p99 ratio",
-                               "others msg/s/client", "baseline msg/s/client", "slow cut after s", "watched s",
+                               "others msg/s/client", "baseline msg/s/client", "gateway cut the slow (s)", "watched s",
                                "slow clients saw", "gateway sent", "RSS +KiB", "RSS bound KiB", "kernel TCP +KiB"],
                               rows))
     t = res.get("targets", {})
@@ -984,7 +1020,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="before each scenario, wait up to this many seconds for other CPU load < 0.25 cores")
     p.add_argument("--gateway-app", default=None,
-                   help="run this script instead of app.py (experiments: a wrapper that changes one thing)")
+                   help="run this app.py instead of ours: a clean `git worktree` of a commit, or an experiment wrapper")
     args = p.parse_args(argv)
     if args.quick:
         args.window, args.warmup = 1.0, 0.3
@@ -1003,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     res = bench.results
     res["machine"] = machine()
-    res["gateway_code"] = git_state()
+    res["gateway_code"] = git_state(Path(args.gateway_app).resolve().parent if args.gateway_app else ROOT)
     res["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     res["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     res["config"] = {k: v for k, v in vars(args).items() if k != "out"}

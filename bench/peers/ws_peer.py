@@ -8,7 +8,10 @@ command, publishes with the library's own ``broadcast()``:
   buffer holds more than 256 KiB (``broadcast`` itself has no backpressure:
   unbounded, it only measures how fast memory fills);
 * ``paced``: ``per_tick`` messages of ``size`` bytes to each group
-  ``hz`` times a second, each stamped ``receivedAt`` when built.
+  ``hz`` times a second; every message of one tick carries the tick's
+  time as ``receivedAt`` (like the gateway's exchange frames of one
+  simulator step, which arrive together), so a group's latency includes
+  the broadcasts to the groups before it, as in the gateway.
 
 Server pings every ``--ping-interval`` seconds (the library's heartbeat).
 stdin/stdout: one JSON object per line (``burst``, ``paced``, ``stop``,
@@ -69,10 +72,13 @@ class Peer:
         while True:
             next_t += period
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            # Every group's update "arrives" now, as the gateway's exchange frames of one tick arrive
+            # together: all carry this tick's receivedAt, then go out one group after the other.
+            now_ms = int(time.time() * 1000)
             for conns in list(self.groups.values()):
                 for _ in range(per_tick):
                     self.seq += 1
-                    broadcast(conns, message(self.seq, int(time.time() * 1000), size))
+                    broadcast(conns, message(self.seq, now_ms, size))
 
 
 async def main() -> None:

@@ -6,8 +6,10 @@
 //   burst: ~200-byte messages to every client as fast as possible; every 8
 //          publications it yields to the event loop (setImmediate), and waits
 //          while any client's bufferedAmount is above 256 KiB;
-//   paced: per_tick messages of `size` bytes to each group hz times a second,
-//          each stamped receivedAt when built.
+//   paced: per_tick messages of `size` bytes to each group hz times a second;
+//          all messages of one tick carry the tick's time as receivedAt (like
+//          the gateway's exchange frames of one simulator step, which arrive
+//          together), so a group's latency includes the groups sent before it.
 // Heartbeat: the pattern from ws's README (ping every --ping-interval s,
 // terminate a client that did not pong since the last ping).
 // stdin/stdout: one JSON object per line; the first line out is {"port": P}.
@@ -84,10 +86,12 @@ function paced(hz, perTick, size) {
   let next = performance.now();
   let timer = null;
   const tick = () => {
+    // Every group's update "arrives" now (see ws_peer.py): one receivedAt per tick.
+    const now = Date.now();
     for (const conns of groups.values()) {
       for (let k = 0; k < perTick; k++) {
         seq += 1;
-        sendAll(conns, message(seq, Date.now(), size));
+        sendAll(conns, message(seq, now, size));
       }
     }
     next += period;
