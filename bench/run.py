@@ -100,6 +100,10 @@ def git_state(tree: Path) -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
+    stamp = tree / ".bench-commit"  # an exported tree (git archive) names its commit here
+    if stamp.exists():
+        commit, _, subject = stamp.read_text().strip().partition(" ")
+        return {"tree": str(tree), "commit": commit, "subject": subject, "modified": []}
     return {"tree": str(tree), "commit": git("rev-parse", "--short", "HEAD"),
             "subject": git("log", "-1", "--format=%s")[:120],
             "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]}
@@ -271,6 +275,13 @@ class Window:
             snap["probe"] = self.probe.call({"cmd": "stats"})
         return snap
 
+    def median(self, seconds: float, repeat: int) -> dict[str, Any]:
+        """``repeat`` consecutive windows; the one with the median delivered rate, and every window's rate."""
+        rows = sorted((self.measure(seconds) for _ in range(max(1, repeat))), key=lambda r: r["delivered_per_s"])
+        row = rows[len(rows) // 2]
+        row["windows_delivered_per_s"] = [r["delivered_per_s"] for r in rows]
+        return row
+
     def measure(self, seconds: float, during: Any = None) -> dict[str, Any]:
         a = self._snap()
         if during is not None:
@@ -423,7 +434,7 @@ class Bench:
                 have = n
                 hose.call({"cmd": "go", "window": a.firehose_window})
                 time.sleep(a.warmup)
-                row = {"clients": n, **window.measure(a.window), "connect": connect}
+                row = {"clients": n, **window.median(a.window, a.repeat), "connect": connect}
                 if a.profile and n == a.profile_clients:
                     row["profile"] = self.profile("a_burst_gateway", gw.pid, a.profile_seconds)
                 if n == slow_at:
@@ -455,7 +466,7 @@ class Bench:
                 have = n
                 peer.call({"cmd": "burst", "size": 200})
                 time.sleep(a.warmup)
-                row = {"clients": n, **window.measure(a.window), "connect": connect}
+                row = {"clients": n, **window.median(a.window, a.repeat), "connect": connect}
                 peer.call({"cmd": "stop"})
                 rows.append(row)
                 self.log(f"  {kind} N={n}: {row['delivered_per_s']:,} msg/s, "
@@ -864,6 +875,11 @@ def fanout_quantiles(before: dict[float, float], after: dict[float, float]) -> d
     return out
 
 
+def _spread(row: dict[str, Any]) -> str:
+    rates = row.get("windows_delivered_per_s") or [row["delivered_per_s"]]
+    return f"{min(rates) / 1000:,.0f}k-{max(rates) / 1000:,.0f}k" if len(rates) > 1 else "-"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -900,16 +916,17 @@ def render(res: dict[str, Any]) -> str:
         rows = []
         for r in a["gateway"]:
             ratio = a["ratios"].get(str(r["clients"]), {})
-            rows.append(["gateway", r["clients"], r["delivered_per_s"], r["server_us_per_delivery"],
+            rows.append(["gateway", r["clients"], r["delivered_per_s"], _spread(r), r["server_us_per_delivery"],
                          r["server_cpu_cores"], r["loadgen_cpu_cores"], r["other_cpu_cores"], r["bytes_per_message"],
                          ratio.get("vs_websockets"), ratio.get("vs_node_ws")])
         for kind in PEERS:
             for r in a.get(kind, []):
-                rows.append([kind, r["clients"], r["delivered_per_s"], r["server_us_per_delivery"],
+                rows.append([kind, r["clients"], r["delivered_per_s"], _spread(r), r["server_us_per_delivery"],
                              r["server_cpu_cores"], r["loadgen_cpu_cores"], r["other_cpu_cores"],
                              r["bytes_per_message"], None, None])
         parts.append("(a) burst fan-out, one symbol\n" + _table(
-            ["server", "clients", "delivered msg/s", "server µs/delivery", "server cores", "loadgen cores",
+            ["server", "clients", "delivered msg/s", "windows (min-max)", "server µs/delivery", "server cores",
+             "loadgen cores",
              "other cores", "bytes/msg", "x websockets", "x node ws"], rows))
     b = sc.get("b_paced")
     if b:
@@ -988,7 +1005,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default="a,b,c,d,e", help="subset to run, e.g. a,c (b and e run together)")
     p.add_argument("--peers", default="websockets,node_ws", help="peers to run beside the gateway ('' for none)")
     p.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "results.json"))
-    p.add_argument("--window", type=float, default=5.0, help="seconds per burst measurement window")
+    p.add_argument("--window", type=float, default=3.0, help="seconds per burst measurement window")
+    p.add_argument("--repeat", type=int, default=3, help="burst windows per step; the median is reported")
     p.add_argument("--warmup", type=float, default=1.5)
     p.add_argument("--burst-clients", type=_ints, default=[1, 100, 1000, 5000])
     p.add_argument("--peer-burst-clients", type=_ints, default=[1, 100, 1000, 5000])
@@ -1020,10 +1038,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="before each scenario, wait up to this many seconds for other CPU load < 0.25 cores")
     p.add_argument("--gateway-app", default=None,
-                   help="run this app.py instead of ours: a clean `git worktree` of a commit, or an experiment wrapper")
+                   help="run this app.py instead of ours: a clean export of a commit (see docs/performance.md) or an "
+                        "experiment wrapper")
     args = p.parse_args(argv)
     if args.quick:
-        args.window, args.warmup = 1.0, 0.3
+        args.window, args.warmup, args.repeat = 1.0, 0.3, 1
         args.burst_clients, args.peer_burst_clients = [1, 20], [20]
         args.paced_clients, args.paced_window, args.paced_workers = 100, 1.0, 1
         args.slow_window, args.slow_cut_wait = 1.0, 0.0

@@ -1,6 +1,6 @@
 """Where a gateway connection's resident memory goes (evidence for docs/performance.md).
 
-    python bench/experiments/memory_breakdown.py [--connections 5000] [--channel trades]
+    python bench/experiments/memory_breakdown.py [--connections 5000] [--channel trades] [--gateway-app PATH]
 
 Starts the gateway under tracemalloc (``tracemalloc_app.py``), snapshots it,
 opens N authenticated, subscribed, idle connections, waits for a heartbeat,
@@ -42,6 +42,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connections", type=int, default=5000)
     p.add_argument("--channel", default="trades")
+    p.add_argument("--gateway-app", default="", help="another checkout's app.py (as bench/run.py --gateway-app)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "artifacts" / "bench" / "memory"))
     args = p.parse_args()
     raise_nofile()
@@ -50,7 +51,8 @@ def main() -> None:
     for old in out.glob("snapshot-*.bin"):
         old.unlink()
     gw = Gateway({"MARKET_SOURCE": "none", "WS_HEARTBEAT_INTERVAL": "2000", "PYTHONTRACEMALLOC": "1",
-                  "TRACEMALLOC_DIR": str(out)}, out / "gateway.log", app=HERE / "tracemalloc_app.py").start()
+                  "TRACEMALLOC_DIR": str(out), "BENCH_GATEWAY_APP": args.gateway_app},
+                 out / "gateway.log", app=HERE / "tracemalloc_app.py").start()
     load = JsonProc([PY, str(HERE.parent / "loadgen.py")], name="loadgen")
     try:
         time.sleep(1)

@@ -20,7 +20,8 @@ monkey.patch_all()
 
 import gevent  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+# BENCH_GATEWAY_APP: another checkout's app.py (a clean export of a commit), as bench/run.py --gateway-app.
+APP = Path(os.environ.get("BENCH_GATEWAY_APP") or Path(__file__).resolve().parents[2] / "app.py")
 _count = 0
 
 
@@ -34,6 +35,6 @@ def _dump() -> None:
 
 
 gevent.signal_handler(signal.SIGUSR1, _dump)
-sys.path.insert(0, str(ROOT))
-sys.argv = [str(ROOT / "app.py")]
-runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+sys.path.insert(0, str(APP.parent))
+sys.argv = [str(APP)]
+runpy.run_path(str(APP), run_name="__main__")
