@@ -735,12 +735,14 @@ class Bench:
             worker.send({"host": "127.0.0.1", "port": gw.port, "count": 0, "path": "/ws?token={token}",
                          "jwt_secret": gw.secret, "user_prefix": "churn-"})
             worker.recv(30)
-            cpu0 = cpu_seconds(gw.pid)
+            cpu0, busy0, t0 = cpu_seconds(gw.pid), *busy_cores_snapshot()
             ips = [Load._ip() for _ in range(4)]
             prof = PySpy(gw.pid, self.out_dir / "profile-d_churn_gateway", a.churn_seconds - 1) if a.profile else None
             res = worker.call({"cmd": "churn", "seconds": a.churn_seconds, "concurrency": a.churn_concurrency,
                                "local_addrs": ips}, timeout=a.churn_seconds + 60)
             server = cpu_seconds(gw.pid) - cpu0
+            busy1, t1 = busy_cores_snapshot()
+            other = max(0.0, (busy1 - busy0) - server - res["cpu"]) / (t1 - t0)
             still = load.snap()["open"]
             if prof is not None:
                 self.results["profiles"]["d_churn_gateway"] = prof.finish()
@@ -751,7 +753,7 @@ class Bench:
                "concurrency": a.churn_concurrency,
                "server_cpu_ms_per_cycle": round(server * 1000 / max(1, res["cycles"]), 3),
                "loadgen_cpu_ms_per_cycle": round(res["cpu"] * 1000 / max(1, res["cycles"]), 3),
-               "errors": res["errors"], "first_errors": res["first_errors"]}
+               "other_cpu_cores": round(other, 3), "errors": res["errors"], "first_errors": res["first_errors"]}
         self.log(f"  churn at {open_now:,} open: {row['cycles_per_s']}/s, {row['server_cpu_ms_per_cycle']} ms "
                  f"server CPU per cycle, errors {row['errors']}")
         return row
