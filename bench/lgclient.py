@@ -145,7 +145,6 @@ class BenchConnection(asyncio.Protocol):
         self._head = True
         self._tail = b""
         self._request = self._handshake(host, port, path, headers or {})
-        self.counted = 0
         self.on_data: Any = None  # called after each read in ``count`` mode (the firehose's pacing)
 
     @staticmethod
@@ -199,7 +198,6 @@ class BenchConnection(asyncio.Protocol):
                 n += (tail + data[:_TAIL]).count(DATA_MARKER)
             self._tail = data[-_TAIL:]
             stats.messages += n
-            self.counted += n
             if self.on_data is not None:
                 self.on_data()
             return
@@ -236,7 +234,6 @@ class BenchConnection(asyncio.Protocol):
             if opcode == 0x1:
                 stats.messages += 1
                 stats.bytes += end - i
-                self.counted += 1
                 if latency:
                     at = buf.rfind(_RECEIVED_AT, start, end)
                     if at >= 0:

@@ -121,8 +121,7 @@ class Worker:
 
     async def snap(self, _: dict[str, Any]) -> dict[str, Any]:
         s = self.stats
-        slow_msgs = sum(c.counted for c in self.slow)
-        return {"t": time.monotonic(), "messages": s.messages, "slow_messages": slow_msgs, "bytes": s.bytes,
+        return {"t": time.monotonic(), "messages": s.messages, "bytes": s.bytes,
                 "cpu": time.process_time(), "open": s.open, "pings": s.pings, "closes": dict(s.closes)}
 
     async def mode(self, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -244,8 +244,7 @@ class Load:
                 closes[k] = closes.get(k, 0) + v
         return {"messages": sum(r["messages"] for r in replies), "bytes": sum(r["bytes"] for r in replies),
                 "cpu": sum(r["cpu"] for r in replies), "open": sum(r["open"] for r in replies),
-                "pings": sum(r["pings"] for r in replies), "closes": closes,
-                "slow_messages": sum(r["slow_messages"] for r in replies)}
+                "pings": sum(r["pings"] for r in replies), "closes": closes}
 
     def hist(self) -> dict[str, Any]:
         return Histogram.merge(self.call({"cmd": "hist"}))
@@ -282,12 +281,9 @@ class Window:
         row["windows_delivered_per_s"] = [r["delivered_per_s"] for r in rows]
         return row
 
-    def measure(self, seconds: float, during: Any = None) -> dict[str, Any]:
+    def measure(self, seconds: float) -> dict[str, Any]:
         a = self._snap()
-        if during is not None:
-            during(seconds)
-        else:
-            time.sleep(seconds)
+        time.sleep(seconds)
         b = self._snap()
         dt = b["t"] - a["t"]
         msgs = b["load"]["messages"] - a["load"]["messages"]
