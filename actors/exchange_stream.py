@@ -214,6 +214,9 @@ class ExchangeStreamActor(SupervisedActor):
         try:
             self.ws = websocket.create_connection(
                 self.settings.url, timeout=self.settings.connect_timeout, enable_multithread=True,
+                # websocket-client validates UTF-8 in pure Python (over half the cost of a frame);
+                # the strict JSON parse that follows rejects anything malformed anyway.
+                skip_utf8_validation=True,
             )
         except (OSError, websocket.WebSocketException) as exc:
             raise UpstreamUnavailable(f"cannot connect to {self.settings.url}: {type(exc).__name__}: {exc}") from exc

@@ -47,7 +47,7 @@ def measure(pub_node: GatewayProcess, sub_node: GatewayProcess, messages: int) -
     for i in range(messages):
         start = time.perf_counter()
         publish(pub_node, "bench", {"i": i})
-        client.recv_until(lambda m: m["type"] == "data" and m["data"]["i"] == i)
+        client.recv_until(lambda m, i=i: m["type"] == "data" and m["data"]["i"] == i)
         latencies.append((time.perf_counter() - start) * 1000)
     # Recovery: away for 100 publications, back with the position.
     client.send({"type": "ping"})

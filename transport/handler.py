@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import logging
+import socket
 from typing import Any
 
 import gevent
@@ -55,6 +56,7 @@ class Rejection(Exception):
 # small JSON messages fit; pywsgi's default (8 KiB) would be most of a
 # connection's memory. Larger reads bypass the buffer anyway.
 READ_BUFFER = 1024
+SEND_BUFFER = 256 * 1024
 
 
 class GatewayHandler(WebSocketHandler):
@@ -104,6 +106,9 @@ class GatewayHandler(WebSocketHandler):
             headers.append(("Sec-WebSocket-Protocol", admission.protocol))
         response = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
         self.socket.sendall(response.encode("latin-1"))
+        # A bounded kernel send buffer, so WS_QUEUE_BYTES is the real bound on
+        # what a client that stops reading can hold up (Linux would grow it to 4 MiB).
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.status = "101 Switching Protocols"
         self.headers_sent = True
         self.close_connection = True

@@ -63,6 +63,22 @@ class WriteTimeout(Exception):
     pass
 
 
+# Outboxes with frames to write, flushed together by one event-loop callback:
+# a publication to N subscribers schedules one callback, not N.
+_DIRTY: list[Outbox] = []
+
+
+def _flush_dirty() -> None:
+    global _DIRTY
+    dirty, _DIRTY = _DIRTY, []
+    for outbox in dirty:
+        try:
+            outbox._flush()
+        except Exception:  # one broken outbox must not stop the others' writes
+            log.exception("flush failed")
+            outbox.abort()
+
+
 class Outbox:
     """Bounded per-connection queue of frame bytes, and the only writer of its socket.
 
@@ -97,7 +113,6 @@ class Outbox:
         "max_bytes",
         "on_latency",
         "on_overflow",
-        "on_written",
         "overflowed",
         "write_timeout",
     )
@@ -109,7 +124,6 @@ class Outbox:
         max_bytes: int,
         write_timeout: float,
         on_overflow: Callable[[], None] | None = None,
-        on_written: Callable[[int], None] | None = None,
         on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._sock = sock
@@ -124,7 +138,6 @@ class Outbox:
         self.max_bytes = max_bytes
         self.write_timeout = write_timeout
         self.on_overflow = on_overflow
-        self.on_written = on_written
         self.on_latency = on_latency
         self.bytes_written = 0
         # Fan-out latency: a few frames carry the time their data arrived from
@@ -202,7 +215,9 @@ class Outbox:
     def _schedule(self) -> None:
         if not self._scheduled and self._writer is None:
             self._scheduled = True
-            gevent.get_hub().loop.run_callback(self._flush)
+            _DIRTY.append(self)
+            if len(_DIRTY) == 1:
+                gevent.get_hub().loop.run_callback(_flush_dirty)
 
     def _batch(self) -> tuple[bytes, int]:
         frames = self._frames
@@ -302,8 +317,6 @@ class Outbox:
     def _wrote(self, nbytes: int, frames: int) -> None:
         if nbytes:
             self.bytes_written += nbytes
-            if self.on_written is not None:
-                self.on_written(nbytes)
         if frames:
             self._written += frames
             if self._stamps:
@@ -335,7 +348,6 @@ class WebSocketConnection:
         write_timeout: float,
         close_timeout: float = 2.0,
         on_overflow: Callable[[], None] | None = None,
-        on_written: Callable[[int], None] | None = None,
         on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.sock = sock
@@ -344,7 +356,7 @@ class WebSocketConnection:
         self.close_timeout = close_timeout
         self.outbox = Outbox(
             sock, max_bytes=max_queue_bytes, write_timeout=write_timeout,
-            on_overflow=on_overflow, on_written=on_written, on_latency=on_latency,
+            on_overflow=on_overflow, on_latency=on_latency,
         )
         self.last_activity = gevent.get_hub().loop.now()
         self.close_code: int | None = None
