@@ -11,7 +11,7 @@ import pytest
 from actors.runtime import ExpectedFailure
 from gateway.logs import configure_logging, redact
 
-TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBsYWNlaG9sZGVy"
+FAKE_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBsYWNlaG9sZGVy"
 
 
 @pytest.fixture
@@ -36,18 +36,18 @@ def test_json_format_is_one_object_per_line(capture):
 
 
 @pytest.mark.parametrize("text", [
-    f"GET /ws?token={TOKEN} HTTP/1.1",
-    f"GET /ws?x=1&token={TOKEN}",
-    f"Sec-WebSocket-Protocol: trading.v1, bearer.{TOKEN}",
-    f"token was {TOKEN}",
+    f"GET /ws?token={FAKE_TOKEN} HTTP/1.1",
+    f"GET /ws?x=1&token={FAKE_TOKEN}",
+    f"Sec-WebSocket-Protocol: trading.v1, bearer.{FAKE_TOKEN}",
+    f"token was {FAKE_TOKEN}",
 ])
 def test_tokens_never_reach_a_line(capture, text):
     configure_logging({"LOG_FORMAT": "text"}, stream=capture)
     logging.getLogger("geventwebsocket.handler").warning(text)
     logging.getLogger("any").warning("%s", text)
     out = capture.getvalue()
-    assert TOKEN not in out and TOKEN.split(".")[2] not in out
-    assert "?token=" not in redact(f"/ws?token={TOKEN}").replace("?token=[redacted]", "")
+    assert FAKE_TOKEN not in out and FAKE_TOKEN.split(".")[2] not in out
+    assert "?token=" not in redact(f"/ws?token={FAKE_TOKEN}").replace("?token=[redacted]", "")
 
 
 def test_pykka_traceback_of_an_expected_failure_is_left_out(capture):
