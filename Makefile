@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 USER ?= demo
 
-.PHONY: run test lint types token bench clean
+.PHONY: run test lint token bench clean
 
 $(STAMP): setup.cfg
 	python3 -m venv $(VENV)
