@@ -44,6 +44,7 @@ class Session:
     outbox: Outbox
     conn: Any = None
     actor: Any = None
+    ping_bucket: int = 0  # spreads heartbeat pings over the interval (gateway/server.py)
     opened_at: float = 0.0
     channels: set[ChannelKey] = field(default_factory=set)
 
@@ -80,12 +81,13 @@ class Hub:
         The per-user count is the broker's: one process (memory broker, no
         yield: atomic) or every node together (Redis, one atomic script).
         """
-        session_id = f"{self._prefix}-{next(self._ids)}"
+        number = next(self._ids)
+        session_id = f"{self._prefix}-{number}"
         if not principal.is_service and not self.broker.acquire_connection(
                 principal.user_id, session_id, self.max_connections_per_user):
             raise ConnectionLimitExceeded(principal.user_id)
         user_sessions = self.by_user[principal.user_id]
-        session = Session(session_id, principal, outbox, opened_at=now)
+        session = Session(session_id, principal, outbox, opened_at=now, ping_bucket=number)
         self.sessions[session.session_id] = session
         if not user_sessions:
             self.metrics.users.inc()

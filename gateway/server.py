@@ -228,21 +228,25 @@ class Gateway:
     def _sweep_forever(self) -> None:
         s = self.settings
         tick = max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
-        next_ping = time.monotonic() + s.heartbeat_interval
+        # Pings are spread over the heartbeat interval: each sweep pings one
+        # bucket of connections, not all of them at once (a burst of 10,000
+        # pings every interval showed up as latency and lost connects/s).
+        buckets = max(1, round(s.heartbeat_interval / tick))
         next_sample = time.monotonic() + SLOW_SWEEP_EVERY
+        turn = 0
         while True:
             gevent.sleep(tick)
             now = time.monotonic()
-            ping = now >= next_ping
-            if ping:
-                next_ping += s.heartbeat_interval
             sample = now >= next_sample
             if sample:
                 next_sample = now + SLOW_SWEEP_EVERY
-            self.sweep(ping=ping, sample=sample)
+            self.sweep(ping_bucket=(turn % buckets, buckets), sample=sample)
+            turn += 1
 
-    def sweep(self, *, ping: bool, sample: bool = False) -> None:
+    def sweep(self, *, ping_bucket: tuple[int, int] | None, sample: bool = False) -> None:
+        """Close the silent and the expired; ping the connections of ``ping_bucket`` (turn, buckets)."""
         s = self.settings
+        turn, buckets = ping_bucket if ping_bucket is not None else (-1, 1)
         depth = self.metrics.queue_depth
         loop_now = gevent.get_hub().loop.now()
         wall = time.time()
@@ -255,7 +259,7 @@ class Gateway:
                 self._tell_close(session, CloseCode.HEARTBEAT_TIMEOUT)
             elif wall > session.principal.expires_at + leeway:
                 self._tell_close(session, CloseCode.TOKEN_EXPIRED)
-            elif ping:
+            elif session.ping_bucket % buckets == turn:
                 conn.outbox.push_control(_PING_FRAME)
             if sample:
                 depth.observe(conn.outbox.depth)
