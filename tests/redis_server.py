@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 
-import pytest
+from tests.tools import require_tool
 
 
 def free_port() -> int:
@@ -20,12 +19,7 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
-                pytest.fail("redis-server is not installed (apt-get install redis-server)")
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
+        self.binary = require_tool("redis-server", install="apt-get install redis-server; .ci/run does it")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc: subprocess.Popen[bytes] | None = None

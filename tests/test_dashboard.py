@@ -35,6 +35,7 @@ import pytest
 import websocket
 
 from tests.harness import ROOT, GatewayProcess
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +51,9 @@ GATEWAY_ENV = {"MARKET_SOURCE": "simulator", "DEMO_MODE": "true", "STATUS_INTERV
 
 
 def _chromium() -> str:
-    path = next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
-    if path is None:
-        message = ("Chromium is not installed: `apt-get install -y chromium` "
-                   "(the dashboard tests drive it over the DevTools protocol; ChromeDriver is not needed)")
-        if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
+    # Driven over the DevTools protocol: ChromeDriver is not needed.
+    return require_tool("chromium", "chromium-browser", "google-chrome",
+                        install="apt-get install -y chromium; .ci/run does it")
 
 
 class JavaScriptError(AssertionError):

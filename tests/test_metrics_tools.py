@@ -19,9 +19,7 @@ Without ``promtool``/``prometheus`` on PATH these tests skip, or fail when
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -41,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.definitions import Metrics, build
 from tests.harness import ROOT, Client, GatewayProcess
+from tests.tools import require_tool
 
 ALERTS = ROOT / "metrics" / "alerts.yml"
 ALERT_TESTS = ROOT / "metrics" / "alerts_test.yml"
@@ -67,14 +66,7 @@ SUFFIXES = {
 # -- tools ----------------------------------------------------------------------------------------
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = (f"`{name}` is not on PATH: install Debian's `prometheus` package "
-                   "(apt-get install prometheus; .ci/run does it)")
-        if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
-            pytest.fail(message + " [GATEWAY_REQUIRE_TOOLS=1]", pytrace=False)
-        pytest.skip(message)
-    return path
+    return require_tool(name, install="Debian's `prometheus` package: apt-get install prometheus; .ci/run does it")
 
 
 @pytest.fixture(scope="module")

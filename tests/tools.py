@@ -1,0 +1,26 @@
+"""External tools some tests need (redis-server, promtool, Chromium).
+
+A missing tool skips those tests on a developer's machine, where it may
+simply not be installed; under CI (`.ci/run` sets GATEWAY_REQUIRE_TOOLS=1
+after installing them) it fails instead, so a broken install can never
+turn into a green run that tested nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_tool(*names: str, install: str) -> str:
+    """The path of the first of ``names`` on PATH; else fail (CI) or skip."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = f"`{names[0]}` is not installed ({install})"
+    if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
+        pytest.fail(message + " [GATEWAY_REQUIRE_TOOLS=1]", pytrace=False)
+    pytest.skip(message)
