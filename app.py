@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from gateway.hub import Hub
 from gateway.logs import configure_logging
 from gateway.marketdata import MarketData
 from gateway.server import Gateway
+from gateway.workers import WorkerPool, worker_index
 from metrics.definitions import build as build_metrics
 from protocol.close_codes import CloseCode
 from supervision import Supervisor, exit_process
@@ -49,6 +51,7 @@ class System:
     server: WSGIServer
     supervisor: Supervisor
     market: MarketData
+    own_server: WSGIServer | None = None  # a worker's port of its own (WORKERS > 1)
     stopping: bool = False
 
     @property
@@ -58,6 +61,8 @@ class System:
     def start(self) -> None:
         self.market.start()
         self.server.start()
+        if self.own_server is not None:
+            self.own_server.start()
         self.gateway.start_sweeper()
 
     def shutdown(self, exit_code: int = 0) -> None:
@@ -78,6 +83,8 @@ class System:
         self.market.stop()
         self.gateway.hub.broker.close()
         self.server.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
+        if self.own_server is not None:
+            self.own_server.stop(timeout=0.1)
         log.info("stopped", extra={"fields": {"exit_code": exit_code,
                                               "unclosed": len(self.gateway.hub.sessions)}})
 
@@ -98,7 +105,18 @@ def _demo_settings(settings: Settings) -> Settings:
         secret, auth.algorithms, auth.audience, auth.issuer, auth.leeway, signing_key=secret))
 
 
-def build(settings: Settings) -> System:
+def _shared_listener(host: str, port: int) -> socket.socket:
+    """The public port, bound by every worker: the kernel spreads connections over them."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def build(settings: Settings, worker: int | None = None) -> System:
     metrics = build_metrics()
     if settings.redis_url:
         from brokers.redis_broker import RedisBroker
@@ -125,12 +143,20 @@ def build(settings: Settings) -> System:
         health_checks=[supervision_health, broker_health],
         stats_sections=[lambda: ("bridge", market.stats()), lambda: ("supervisor", supervisor.status())],
     )
-    server = WSGIServer((settings.host, settings.port), app, handler_class=GatewayHandler, log=None,
-                        error_log=logging.getLogger("gateway.wsgi"))
-    server.gateway = gateway
-    server.handshake_timeout = settings.connection_timeout
+    def serve_on(listener: Any) -> WSGIServer:
+        server = WSGIServer(listener, app, handler_class=GatewayHandler, log=None,
+                            error_log=logging.getLogger("gateway.wsgi"))
+        server.gateway = gateway
+        server.handshake_timeout = settings.connection_timeout
+        return server
+
+    if worker is None:
+        server, own = serve_on((settings.host, settings.port)), None
+    else:
+        server = serve_on(_shared_listener(settings.host, settings.port))
+        own = serve_on((settings.host, settings.worker_ports_from + worker))
     gateway.server = server
-    return System(settings, gateway, server, supervisor, market)
+    return System(settings, gateway, server, supervisor, market, own)
 
 
 def main() -> int:
@@ -142,7 +168,10 @@ def main() -> int:
         return 2
     if settings.demo_mode and not os.environ.get("JWT_SECRET"):
         settings = _demo_settings(settings)
-    system = build(settings)
+    worker = worker_index()
+    if settings.workers > 1 and worker is None:
+        return WorkerPool(settings).run()
+    system = build(settings, worker)
     system.start()
     if os.environ.get("GATEWAY_GC_TUNE", "1") == "1":
         # Everything built so far lives as long as the process: keep the cyclic
@@ -151,9 +180,14 @@ def main() -> int:
         # means a collection every few connections).
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-    log.info("listening on http://%s:%d (websocket path %s)%s", settings.host, system.port, settings.ws_path,
-             " demo mode: mint a token with `make token USER=alice` or POST /api/demo/token"
-             if settings.demo_mode else "")
+    if worker is not None:
+        own_port = system.own_server.server_port if system.own_server else 0
+        log.info("worker %d serving on port %d and alone on port %d", worker, system.port, own_port,
+                 extra={"fields": {"pid": os.getpid(), "own_port": own_port}})
+    else:
+        log.info("listening on http://%s:%d (websocket path %s)%s", settings.host, system.port,
+                 settings.ws_path, " demo mode: mint a token with `make token USER=alice` or POST /api/demo/token"
+                 if settings.demo_mode else "")
     done = gevent.event.Event()
 
     def on_signal(signum: int) -> None:

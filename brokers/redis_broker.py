@@ -281,7 +281,9 @@ class RedisBroker:
 
     def close(self) -> None:
         self._closing = True
-        self._listener.kill(block=False)
+        # Wait for the listener to end before closing its connection under it
+        # (redis-py's read cleanup fails loudly on a closed buffer).
+        self._listener.kill(block=True, timeout=1.0)
         try:
             self.redis.close()
         except Exception:  # noqa: BLE001 - closing anyway

@@ -96,6 +96,9 @@ class Settings:
     redis_url: str | None = None
     history_size: int = 100
     history_ttl: float = 300.0
+    # several processes on one port (gateway/workers.py)
+    workers: int = 1
+    worker_ports_from: int = 0  # worker i also serves alone on worker_ports_from + i (0: port + 1)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -127,6 +130,15 @@ class Settings:
         heartbeat = _ms(env, "WS_HEARTBEAT_INTERVAL", 30000)
         origins = frozenset(o.strip() for o in env.get("WS_ALLOWED_ORIGINS", "").split(",") if o.strip())
         port = _int(env, "PORT", _int(env, "WS_PORT", 3001))
+        workers = _int(env, "WORKERS", 1)
+        redis_url = env.get("REDIS_URL") or None
+        if not 1 <= workers <= 64:
+            raise ConfigError(f"WORKERS must be between 1 and 64, got {workers}")
+        if workers > 1 and not redis_url:
+            raise ConfigError("WORKERS > 1 needs REDIS_URL: private channels, publications and per-user "
+                              "connection limits must reach every worker process")
+        if workers > 1 and port == 0:
+            raise ConfigError("WORKERS > 1 needs a fixed PORT (every worker binds the same one)")
         return cls(
             host=env.get("HOST", "0.0.0.0"),
             port=port,
@@ -160,7 +172,9 @@ class Settings:
             restart_floor=_ms(env, "RESTART_FLOOR", 100),
             restart_reset_after=_ms(env, "RESTART_RESET_AFTER", 30000),
             circuit_cooldown=_ms(env, "CIRCUIT_COOLDOWN", 60000),
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=redis_url,
             history_size=_int(env, "HISTORY_SIZE", 100),
             history_ttl=_ms(env, "HISTORY_TTL", 300000),
+            workers=workers,
+            worker_ports_from=_int(env, "WORKER_PORTS_FROM", port + 1),
         )

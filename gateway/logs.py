@@ -48,9 +48,14 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# With WORKERS > 1 every worker logs to the same stream: its lines say which it is.
+_WORKER = os.environ.get("GATEWAY_WORKER") or None
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s"
+                         if _WORKER is None else f"%(asctime)s %(levelname)s worker-{_WORKER} %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -74,6 +79,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if _WORKER is not None:
+            payload["worker"] = int(_WORKER)
         fields = getattr(record, "fields", None)
         if fields:
             payload.update(fields)
