@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIServer
 
 from brokers.memory import MemoryBroker
 from gateway.auth import Authenticator
@@ -37,7 +36,7 @@ from gateway.workers import WorkerPool, worker_index
 from metrics.definitions import build as build_metrics
 from protocol.close_codes import CloseCode
 from supervision import Supervisor, exit_process
-from transport.handler import GatewayHandler
+from transport.handler import GatewayServer
 
 log = logging.getLogger("gateway")
 
@@ -48,10 +47,10 @@ DEMO_SECRET_FILE = Path(".demo") / "jwt_secret"
 class System:
     settings: Settings
     gateway: Gateway
-    server: WSGIServer
+    server: GatewayServer
     supervisor: Supervisor
     market: MarketData
-    own_server: WSGIServer | None = None  # a worker's port of its own (WORKERS > 1)
+    own_server: GatewayServer | None = None  # a worker's port of its own (WORKERS > 1)
     stopping: bool = False
 
     @property
@@ -143,8 +142,8 @@ def build(settings: Settings, worker: int | None = None) -> System:
         health_checks=[supervision_health, broker_health],
         stats_sections=[lambda: ("bridge", market.stats()), lambda: ("supervisor", supervisor.status())],
     )
-    def serve_on(listener: Any) -> WSGIServer:
-        server = WSGIServer(listener, app, handler_class=GatewayHandler, log=None,
+    def serve_on(listener: Any) -> GatewayServer:
+        server = GatewayServer(listener, app, log=None,
                             error_log=logging.getLogger("gateway.wsgi"))
         server.gateway = gateway
         server.handshake_timeout = settings.connection_timeout

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PY = sys.executable
 
-__all__ = ["Gateway", "JsonProc", "cpu_seconds", "free_port", "raise_nofile", "rss_kib"]
+__all__ = ["Gateway", "JsonProc", "cpu_seconds", "free_port", "raise_nofile", "rss_kib", "total_cpu_seconds",
+           "total_rss_kib"]
 
 
 def raise_nofile() -> int:
@@ -44,6 +45,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def total_cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def total_rss_kib(pids: list[int]) -> int:
+    return sum(rss_kib(p) for p in pids)
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -52,10 +61,38 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (a ``WORKERS=N`` gateway's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_range(n: int) -> int:
+    """A port p with p .. p + n - 1 all free on 127.0.0.1."""
+    for _ in range(100):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 20.0) -> None:
@@ -137,11 +174,20 @@ class Gateway:
     every connection); readiness is an HTTP answer from ``/health``.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path, app: Path | None = None) -> None:
-        """``app``: another checkout's app.py (e.g. a clean ``git worktree`` of a commit) instead of ours."""
+    def __init__(self, env: dict[str, str], log_path: Path, app: Path | None = None, *, workers: int = 1,
+                 redis_url: str | None = None) -> None:
+        """``app``: another checkout's app.py (e.g. a clean ``git worktree`` of a commit) instead of ours.
+
+        ``workers`` > 1: ``WORKERS=N`` processes on one port over the Redis broker at ``redis_url``.
+        """
         self.app = app or ROOT / "app.py"
         self.secret = secrets.token_urlsafe(40)
-        self.port = free_port()
+        self.workers = workers
+        self.port = free_port() if workers == 1 else free_port_range(workers + 1)
+        if workers > 1:
+            if not redis_url:
+                raise ValueError("workers > 1 needs a redis_url")
+            env = {"WORKERS": str(workers), "REDIS_URL": redis_url, **env}
         self.env = {
             **os.environ,
             "JWT_SECRET": self.secret,
@@ -173,6 +219,16 @@ class Gateway:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the gateway: the one process, or the parent and its workers."""
+        return [self.pid, *children(self.pid)] if self.workers > 1 else [self.pid]
+
+    @property
+    def own_ports(self) -> list[int]:
+        """Each worker's port of its own (``PORT + 1 + i``); the public port for one process."""
+        return [self.port + 1 + i for i in range(self.workers)] if self.workers > 1 else [self.port]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -52,8 +52,11 @@ from bench.procs import (
     JsonProc,
     call_all,
     cpu_seconds,
+    http_json,
     raise_nofile,
     rss_kib,
+    total_cpu_seconds,
+    total_rss_kib,
 )
 from bench.profile import PySpy
 
@@ -662,24 +665,48 @@ class Bench:
 
     # -- c + d: capacity, churn --------------------------------------------------------------
 
-    def capacity_steps(self) -> tuple[list[int], str | None]:
-        limit = self.nofile - FD_RESERVE
-        steps = []
-        note = None
+    def capacity_steps(self) -> tuple[list[int], list[int], str | None]:
+        """Steps for the gateway (over ``--capacity-workers`` processes) and for the one-process peers."""
+        per_process = self.nofile - FD_RESERVE
+        workers = self.args.capacity_workers
+        # The kernel's SO_REUSEPORT hash spreads connections nearly evenly; keep 5 % for the unevenness.
+        limit = per_process if workers == 1 else int(workers * per_process / 1.05)
+        steps: list[int] = []
+        peer_steps: list[int] = []
+        notes = []
         for n in self.args.capacity:
             if n > limit:
-                note = (f"{n:,} connections need {n:,} descriptors in one server process; RLIMIT_NOFILE's hard "
-                        f"limit here is {self.nofile:,} and cannot be raised (no CAP_SYS_RESOURCE in this "
-                        f"sandbox), so the largest step run is {limit:,}")
-                n = limit
-            if n not in steps:
-                steps.append(n)
-        return steps, note
+                notes.append(f"{n:,} connections need more descriptors than {workers} gateway process(es) may hold "
+                             f"(RLIMIT_NOFILE's hard limit here is {self.nofile:,} per process and cannot be raised: "
+                             f"no CAP_SYS_RESOURCE in this sandbox); the gateway's largest step is {limit:,}")
+            if min(n, limit) not in steps:
+                steps.append(min(n, limit))
+            if n > per_process and not any("peers" in x for x in notes):
+                notes.append(f"the peers are one process each: their largest step is {per_process:,}")
+            if min(n, per_process) not in peer_steps:
+                peer_steps.append(min(n, per_process))
+        return steps, peer_steps, "; ".join(notes) or None
 
     def capacity_gateway(self, steps: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         a = self.args
+        redis = None
+        if a.capacity_workers > 1:
+            from tests.redis_server import RedisServer
+
+            redis = RedisServer().start()
+        try:
+            return self._capacity_gateway(steps, redis)
+        finally:
+            if redis is not None:
+                redis.cleanup()
+
+    def _capacity_gateway(self, steps: list[int], redis: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        a = self.args
         gw = Gateway({"MARKET_SOURCE": "none", "WS_HEARTBEAT_INTERVAL": str(int(a.heartbeat * 1000))},
-                     self.log_dir / "gateway-c.log", self.app).start()
+                     self.log_dir / "gateway-c.log", self.app, workers=a.capacity_workers,
+                     redis_url=redis.url if redis is not None else None).start()
+        # Everything the server side holds: the gateway process(es) and, with workers, Redis.
+        server_pids = gw.pids + ([redis.proc.pid] if redis is not None else [])
         load = Load(gw.port, {"path": "/ws?token={token}", "jwt_secret": gw.secret, "hello": True,
                               "subscribe": [{"type": "subscribe", "channel": a.capacity_channel}]
                               if a.capacity_channel != "market-data" else [market_sub("BTCUSDT")],
@@ -688,55 +715,61 @@ class Bench:
         churn: dict[str, Any] = {}
         try:
             time.sleep(1.0)
-            rss0 = rss_kib(gw.pid)
+            rss0 = total_rss_kib(server_pids)
+            redis_rss0 = rss_kib(redis.proc.pid) if redis is not None else 0
             have = 0
             for n in steps:
                 prof = None
                 if a.profile and not rows:
-                    prof = PySpy(gw.pid, self.out_dir / "profile-c_connect", a.profile_seconds * 3)
-                cpu0 = cpu_seconds(gw.pid)
+                    prof = PySpy(gw.pids[-1], self.out_dir / "profile-c_connect", a.profile_seconds * 3)
+                cpu0 = total_cpu_seconds(server_pids)
                 connect = load.add(n - have)
-                cpu_connect = cpu_seconds(gw.pid) - cpu0
+                cpu_connect = total_cpu_seconds(server_pids) - cpu0
                 have = n
                 snap0 = load.snap()
                 time.sleep(a.heartbeat * 1.5)  # at least one heartbeat round reaches every connection
                 snap1 = load.snap()
-                rss = rss_kib(gw.pid)
+                rss = total_rss_kib(server_pids)
                 row = {"connections": n, "open": snap1["open"], "rss_before_kib": rss0, "rss_after_kib": rss,
                        "kib_per_connection": round((rss - rss0) / n, 2), "connect": connect,
                        "connects_per_s": round((n - (rows[-1]["connections"] if rows else 0)) / connect["seconds"])
                        if connect["seconds"] else None,
                        "server_cpu_ms_per_connect": round(cpu_connect * 1000 / max(1, connect["open"]), 3),
                        "pings_answered_during_wait": snap1["pings"] - snap0["pings"],
-                       "closes": snap1["closes"]}
+                       "closes": snap1["closes"], "gateway_processes": a.capacity_workers}
+                if redis is not None:
+                    row["redis_kib_per_connection"] = round((rss_kib(redis.proc.pid) - redis_rss0) / n, 2)
+                    row["per_worker"] = [http_json(p, "/ws/stats").get("connections") for p in gw.own_ports]
                 if prof is not None:
                     self.results["profiles"]["c_connect_gateway"] = prof.finish()
                     row["profile"] = "c_connect_gateway"
                 if a.profile and n == steps[-1]:
-                    row["profile_idle"] = self.profile("c_idle_gateway", gw.pid, a.profile_seconds)
+                    row["profile_idle"] = self.profile("c_idle_gateway", gw.pids[-1], a.profile_seconds)
                 rows.append(row)
                 self.log(f"  gateway capacity {n:,}: {row['kib_per_connection']} KiB/connection, "
-                         f"{row['open']:,} open, pings answered {row['pings_answered_during_wait']:,}")
+                         f"{row['open']:,} open, pings answered {row['pings_answered_during_wait']:,}"
+                         + (f", per worker {row['per_worker']}" if redis is not None else ""))
                 if not churn and a.churn_seconds > 0:
-                    churn = self.churn(gw, load, n)
+                    churn = self.churn(gw, load, n, server_pids)
         finally:
             load.stop()
             gw.stop()
         return rows, churn
 
-    def churn(self, gw: Gateway, load: Load, open_now: int) -> dict[str, Any]:
+    def churn(self, gw: Gateway, load: Load, open_now: int, server_pids: list[int]) -> dict[str, Any]:
         a = self.args
         worker = JsonProc([PY, str(BENCH / "loadgen.py")], name="churn")
         try:
             worker.send({"host": "127.0.0.1", "port": gw.port, "count": 0, "path": "/ws?token={token}",
                          "jwt_secret": gw.secret, "user_prefix": "churn-"})
             worker.recv(30)
-            cpu0, busy0, t0 = cpu_seconds(gw.pid), *busy_cores_snapshot()
+            cpu0, busy0, t0 = total_cpu_seconds(server_pids), *busy_cores_snapshot()
             ips = [Load._ip() for _ in range(4)]
-            prof = PySpy(gw.pid, self.out_dir / "profile-d_churn_gateway", a.churn_seconds - 1) if a.profile else None
+            prof = (PySpy(gw.pids[-1], self.out_dir / "profile-d_churn_gateway", a.churn_seconds - 1)
+                    if a.profile else None)
             res = worker.call({"cmd": "churn", "seconds": a.churn_seconds, "concurrency": a.churn_concurrency,
                                "local_addrs": ips}, timeout=a.churn_seconds + 60)
-            server = cpu_seconds(gw.pid) - cpu0
+            server = total_cpu_seconds(server_pids) - cpu0
             busy1, t1 = busy_cores_snapshot()
             other = max(0.0, (busy1 - busy0) - server - res["cpu"]) / (t1 - t0)
             still = load.snap()["open"]
@@ -746,7 +779,7 @@ class Bench:
             worker.stop()
         row = {"open_connections": open_now, "still_open_after": still, "cycles": res["cycles"],
                "seconds": res["seconds"], "cycles_per_s": round(res["cycles"] / res["seconds"], 1),
-               "concurrency": a.churn_concurrency,
+               "concurrency": a.churn_concurrency, "gateway_processes": a.capacity_workers,
                "server_cpu_ms_per_cycle": round(server * 1000 / max(1, res["cycles"]), 3),
                "loadgen_cpu_ms_per_cycle": round(res["cpu"] * 1000 / max(1, res["cycles"]), 3),
                "other_cpu_cores": round(other, 3), "errors": res["errors"], "first_errors": res["first_errors"]}
@@ -780,13 +813,14 @@ class Bench:
         return rows
 
     def scenario_c_d(self) -> None:
-        steps, note = self.capacity_steps()
+        steps, peer_steps, note = self.capacity_steps()
         rows, churn = self.capacity_gateway(steps)
-        res: dict[str, Any] = {"requested": self.args.capacity, "ran": steps, "limit_note": note,
+        res: dict[str, Any] = {"requested": self.args.capacity, "ran": steps, "peers_ran": peer_steps,
+                               "limit_note": note, "gateway_processes": self.args.capacity_workers,
                                "subscribed_to": self.args.capacity_channel, "heartbeat_s": self.args.heartbeat,
                                "gateway": rows}
         for kind in self.peers:
-            res[kind] = self.capacity_peer(kind, steps)
+            res[kind] = self.capacity_peer(kind, peer_steps)
         self.results["scenarios"]["c_capacity"] = res
         if churn:
             self.results["scenarios"]["d_churn"] = {"gateway": churn}
@@ -945,7 +979,8 @@ def render(res: dict[str, Any]) -> str:
         rows = []
         for kind in ("gateway", *PEERS):
             for r in c.get(kind, []):
-                rows.append([kind, r["connections"], r["open"], r["rss_before_kib"] // 1024,
+                name = f"gateway ({r['gateway_processes']} processes)" if r.get("gateway_processes", 1) > 1 else kind
+                rows.append([name, r["connections"], r["open"], r["rss_before_kib"] // 1024,
                              r["rss_after_kib"] // 1024, r["kib_per_connection"], r["connect"]["seconds"],
                              r["pings_answered_during_wait"]])
         note = f"\nnote: {c['limit_note']}" if c.get("limit_note") else ""
@@ -956,7 +991,8 @@ def render(res: dict[str, Any]) -> str:
     d = sc.get("d_churn")
     if d:
         g = d["gateway"]
-        parts.append("(d) churn: connect + JWT + subscribe + close\n" + _table(
+        procs = g.get("gateway_processes", 1)
+        parts.append(f"(d) churn: connect + JWT + subscribe + close, gateway processes: {procs}\n" + _table(
             ["open connections", "cycles/s", "server ms/cycle", "loadgen ms/cycle", "errors", "still open after"],
             [[g["open_connections"], g["cycles_per_s"], g["server_cpu_ms_per_cycle"], g["loadgen_cpu_ms_per_cycle"],
               g["errors"], g["still_open_after"]]]))
@@ -1026,6 +1062,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capacity", type=_ints, default=[10_000, 50_000])
     p.add_argument("--capacity-channel", default="trades",
                    help="what each idle connection subscribes to: a private channel (one per user) or market-data")
+    p.add_argument("--capacity-workers", type=int, default=3,
+                   help="gateway processes in (c) and (d): WORKERS=N on one port over a redis-server the benchmark "
+                        "starts (1: one process, memory broker)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="server ping interval in (c) and (d), seconds")
     p.add_argument("--churn-seconds", type=float, default=8.0)
     p.add_argument("--churn-concurrency", type=int, default=50)
@@ -1044,7 +1083,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.burst_clients, args.peer_burst_clients = [1, 20], [20]
         args.paced_clients, args.paced_window, args.paced_workers = 100, 1.0, 1
         args.slow_window, args.slow_cut_wait = 1.0, 0.0
-        args.capacity, args.heartbeat = [200], 0.5
+        args.capacity, args.heartbeat, args.capacity_workers = [200], 0.5, 1
         args.churn_seconds, args.churn_concurrency = 1.0, 10
         args.profile_seconds, args.profile_clients = 2.0, 20
     return args

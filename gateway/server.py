@@ -4,7 +4,8 @@
 an HTTP answer (403, 401). ``Gateway.serve`` runs in the pywsgi handler's
 greenlet after the 101: it registers the session with the hub (per-user
 limit → close 4503), starts the connection actor, sends the ``connection``
-message, then reads frames and tells the actor what they say. One sweeper
+message and returns; from then on the event loop reads the connection and
+tells the actor what each message says (no greenlet per connection). One sweeper
 greenlet does liveness for every connection: protocol pings every
 heartbeat interval, close 4002 after the silence timeout, close 4000 when a
 token expires without a refresh.
@@ -116,11 +117,11 @@ class Gateway:
 
     # -- after the upgrade ---------------------------------------------------------
 
-    def make_connection(self, sock: socket.socket, rfile: Any, environ: dict[str, Any]) -> WebSocketConnection:
+    def make_connection(self, sock: socket.socket, pending: bytes, environ: dict[str, Any]) -> WebSocketConnection:
         s = self.settings
         echo = environ.get("PATH_INFO") == ECHO_PATH
         return WebSocketConnection(
-            sock, rfile,
+            sock, pending,
             # Autobahn's sections 1-7 and 10 send messages up to 64 KiB + headers.
             max_message_size=16 * 1024 * 1024 if echo else s.max_message_size,
             max_queue_bytes=s.max_queue_bytes,
@@ -157,47 +158,47 @@ class Gateway:
             },
         ))
         self.metrics.handshake_seconds.observe(time.perf_counter() - admission.started)
-        code = None
-        try:
-            self._read_loop(conn, actor)
-        except ConnectionClosed as closed:
-            code = closed.code
-            if closed.by_server and code in _FRAME_ERROR_CODES:
-                self.metrics.closes_sent.labels(str(code)).inc()
-        finally:
-            self.metrics.connections.labels("open").dec()
+        metrics = self.metrics
+
+        def on_message(message: str | bytes) -> None:
+            metrics.bytes_received.inc(len(message))
             try:
-                actor.tell(Disconnected(code))
+                if isinstance(message, bytes):
+                    actor.tell(CloseConnection(CloseCode.UNSUPPORTED_DATA,
+                                               CLOSE_CODES[CloseCode.UNSUPPORTED_DATA].reason))
+                    return
+                try:
+                    parsed = parse(message)
+                except ProtocolError as exc:
+                    metrics.messages_received.labels("invalid").inc()
+                    actor.tell(Rejected(exc))
+                    return
+                actor.tell(Inbound(parsed))
+            except pykka.ActorDeadError:
+                pass  # the connection is closing: its end is on the way
+
+        def on_end(closed: ConnectionClosed) -> None:
+            if closed.by_server and closed.code in _FRAME_ERROR_CODES:
+                metrics.closes_sent.labels(str(closed.code)).inc()
+            metrics.connections.labels("open").dec()
+            try:
+                actor.tell(Disconnected(closed.code))
             except pykka.ActorDeadError:
                 pass
             # Idempotent: also cleans up when the actor already died.
             self.hub.close_session(session)
-            conn.outbox.closed.wait(conn.close_timeout)
-            conn.outbox.abort()
+            conn.finish()
             self._bytes_of_closed += conn.outbox.bytes_written
             if conn.outbox.dropped:
-                self.metrics.messages_dropped.labels("slow_consumer").inc(conn.outbox.dropped)
+                metrics.messages_dropped.labels("slow_consumer").inc(conn.outbox.dropped)
 
-    def _read_loop(self, conn: WebSocketConnection, actor: pykka.ActorRef[Any]) -> None:
-        received = self.metrics.bytes_received
-        while True:
-            message = conn.receive()
-            received.inc(len(message))
-            if isinstance(message, (bytes, bytearray)):
-                actor.tell(CloseConnection(CloseCode.UNSUPPORTED_DATA, CLOSE_CODES[CloseCode.UNSUPPORTED_DATA].reason))
-                continue
-            try:
-                parsed = parse(message)
-            except ProtocolError as exc:
-                self.metrics.messages_received.labels("invalid").inc()
-                actor.tell(Rejected(exc))
-                continue
-            actor.tell(Inbound(parsed))
+        conn.start_reading(on_message, on_end)
 
     def _refuse(self, conn: WebSocketConnection, code: CloseCode, reason: str) -> None:
         self.metrics.closes_sent.labels(str(int(code))).inc()
         conn.close(int(code), reason)
         conn.wait_closed()
+        conn.finish()
 
     def _slow_consumer(self, actor: pykka.ActorRef[Any]) -> None:
         try:
@@ -207,18 +208,13 @@ class Gateway:
             pass
 
     def _serve_echo(self, conn: WebSocketConnection) -> None:
-        """Test-only echo route (GATEWAY_TEST_ECHO=1) for Autobahn|Testsuite."""
-        try:
-            while True:
-                message = conn.receive()
-                opcode = Opcode.BINARY if isinstance(message, (bytes, bytearray)) else Opcode.TEXT
-                payload = bytes(message) if opcode == Opcode.BINARY else message.encode("utf-8")
-                conn.send_frame(encode_frame(opcode, payload))
-        except ConnectionClosed:
-            pass
-        finally:
-            conn.outbox.closed.wait(conn.close_timeout)
-            conn.outbox.abort()
+        """Test-only echo route (GATEWAY_TEST_ECHO=1) for Autobahn|Testsuite: the same reader, echoing."""
+
+        def on_message(message: str | bytes) -> None:
+            opcode = Opcode.BINARY if isinstance(message, bytes) else Opcode.TEXT
+            conn.send_frame(encode_frame(opcode, message if isinstance(message, bytes) else message.encode("utf-8")))
+
+        conn.start_reading(on_message, lambda closed: conn.finish())
 
     # -- liveness ------------------------------------------------------------------
 

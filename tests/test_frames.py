@@ -13,6 +13,7 @@ from tests.harness import masked_frame
 from transport.frames import (
     FrameError,
     FrameHeader,
+    FrameReader,
     Opcode,
     encode_close,
     encode_frame,
@@ -98,3 +99,60 @@ def test_parse_close_rejects(payload, code):
     with pytest.raises(FrameError) as info:
         parse_close(payload)
     assert info.value.code == code
+
+
+# -- FrameReader: bytes in any pieces, messages out -----------------------------------------
+
+
+def _messages(chunks: list[bytes], max_size: int = 1 << 20) -> list[tuple[int, object]]:
+    reader = FrameReader(max_size)
+    out: list[tuple[int, object]] = []
+    for chunk in chunks:
+        out.extend(reader.feed(chunk))
+    return out
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=6), st.integers(min_value=1, max_value=64))
+def test_frame_reader_gives_the_same_messages_however_the_bytes_are_cut(texts, step):
+    stream = b""
+    for text in texts:
+        raw = text.encode("utf-8")
+        if len(raw) > 2:  # also as a fragmented message: TEXT + CONTINUATION
+            half = len(raw) // 2
+            stream += masked_frame(0x1, raw[:half], fin=False) + masked_frame(0x9, b"p")
+            stream += masked_frame(0x0, raw[half:])
+        else:
+            stream += masked_frame(0x1, raw)
+    whole = _messages([stream])
+    pieces = _messages([stream[i : i + step] for i in range(0, len(stream), step)])
+    assert whole == pieces
+    assert [v for op, v in whole if op == Opcode.TEXT] == texts
+    assert [v for op, v in whole if op == Opcode.PING] == [b"p"] * sum(len(t.encode()) > 2 for t in texts)
+
+
+def test_frame_reader_yields_what_came_before_a_bad_frame_then_raises():
+    reader = FrameReader(1024)
+    events = reader.feed(masked_frame(0x1, b"ok") + masked_frame(0x0, b"orphan"))
+    assert next(events) == (Opcode.TEXT, "ok")
+    with pytest.raises(FrameError) as err:
+        next(events)
+    assert err.value.code == 1002 and "continuation" in err.value.reason
+
+
+@pytest.mark.parametrize(("chunks", "code"), [
+    ([masked_frame(0x1, b"\xff")], 1007),                                    # invalid UTF-8, whole message
+    ([masked_frame(0x1, b"\xce\xba\xe1", fin=False), masked_frame(0x0, b"\xff")], 1007),  # across fragments
+    ([masked_frame(0x1, b"a" * 600, fin=False), masked_frame(0x0, b"b" * 600)], 1009),   # message over the limit
+    ([masked_frame(0x1, b"a", fin=False), masked_frame(0x1, b"b")], 1002),  # new message inside a fragmented one
+    ([masked_frame(0x8, b"\x03\xe8\xff")], 1007),                            # close reason not UTF-8
+])
+def test_frame_reader_errors_carry_their_close_code(chunks, code):
+    with pytest.raises(FrameError) as err:
+        _messages(chunks, max_size=1024)
+    assert err.value.code == code
+
+
+def test_frame_reader_close_and_binary():
+    out = _messages([masked_frame(0x2, b"\x00\x01", fin=False), masked_frame(0x0, b"\x02"),
+                     masked_frame(0x8, b"\x03\xe8bye")])
+    assert out == [(Opcode.BINARY, b"\x00\x01\x02"), (Opcode.CLOSE, (1000, "bye"))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -484,3 +485,25 @@ def test_slow_consumer_is_cut_with_4001_and_others_keep_their_data():
         while stalled.recv(1 << 20):
             pass
         healthy.close()
+
+
+def test_first_frame_sent_with_the_request_head_is_answered(gw):
+    # A client may send its first frame in the same packet as the upgrade request.
+    token = gw.token("otto")
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    request = (f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    sock.sendall(request + masked_frame(0x1, b'{"type":"subscribe","channel":"signals","id":"early"}'))
+    data = b""
+    deadline = time.monotonic() + 5
+    while b'"early"' not in data and time.monotonic() < deadline:
+        data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 101")
+    assert b'"type":"connection"' in data and b'"type":"subscribed"' in data and b'"id":"early"' in data
+    sock.close()
+
+
+def test_upgrade_request_with_a_body_is_400(gw):
+    sock, head = raw_upgrade(gw.port, f"/ws?token={gw.token('pia')}", {"Content-Length": "5"})
+    assert head.startswith("HTTP/1.1 400")
+    sock.close()

@@ -13,13 +13,17 @@ one ``encode_frame`` call, not N.
 
 from __future__ import annotations
 
+import codecs
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 __all__ = [
     "FrameError",
     "FrameHeader",
+    "FrameReader",
     "Opcode",
     "encode_close",
     "encode_frame",
@@ -158,3 +162,84 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
     except UnicodeDecodeError:
         raise FrameError(1007, "close reason is not valid utf-8") from None
     return code, reason
+
+
+class FrameReader:
+    """A client's bytes in, whole messages and control frames out (RFC 6455 §5.2-5.5).
+
+    :meth:`feed` takes whatever arrived and yields ``(opcode, value)`` for
+    everything it completes, in order: ``TEXT`` with a ``str``, ``BINARY``
+    with ``bytes`` (fragments joined), ``PING``/``PONG`` with their payload,
+    ``CLOSE`` with ``(code, reason)``. A partial frame waits for the next
+    call. A frame that breaks the protocol raises :class:`FrameError` when
+    it is reached (what came before it has been yielded); the reader must
+    not be fed after that. A connection's reader holds only its unfinished
+    bytes and fragments: nothing while the connection is idle.
+    """
+
+    __slots__ = ("_buf", "_decoder", "_opcode", "_parts", "_size", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = b""
+        self._opcode: Opcode | None = None  # of the fragmented message in progress
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._decoder: Any = None
+
+    def feed(self, data: bytes) -> Iterator[tuple[Opcode, Any]]:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos, end = 0, len(buf)
+        while pos < end:
+            header = parse_header(buf[pos : pos + 14], max_size=self.max_size)  # a header is at most 14 bytes
+            if not isinstance(header, FrameHeader):
+                break
+            start = pos + header.header_size
+            stop = start + header.length
+            if stop > end:
+                break
+            pos = stop
+            result = self._frame(header, unmask(buf[start:stop], header.mask))
+            if result is not None:
+                yield result
+        self._buf = buf[pos:]
+
+    def _frame(self, header: FrameHeader, payload: bytes) -> tuple[Opcode, Any] | None:
+        op = header.opcode
+        if op == Opcode.PING or op == Opcode.PONG:
+            return op, payload
+        if op == Opcode.CLOSE:
+            return op, parse_close(payload)
+        if op == Opcode.CONTINUATION:
+            if self._opcode is None:
+                raise FrameError(1002, "continuation frame without a message")
+        elif self._opcode is not None:
+            raise FrameError(1002, "new message inside a fragmented message")
+        elif header.fin:  # a whole message in one frame: the common case
+            if op == Opcode.TEXT:
+                try:
+                    return op, payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise FrameError(1007, "text message is not valid utf-8") from None
+            return op, payload
+        else:
+            self._opcode = op
+            if op == Opcode.TEXT:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._size += len(payload)
+        if self._size > self.max_size:
+            raise FrameError(1009, f"message exceeds the limit of {self.max_size} bytes")
+        if self._decoder is not None:
+            try:
+                # Incremental, so invalid UTF-8 fails at the offending fragment.
+                self._decoder.decode(payload, final=header.fin)
+            except UnicodeDecodeError:
+                raise FrameError(1007, "text message is not valid utf-8") from None
+        self._parts.append(payload)
+        if not header.fin:
+            return None
+        data = b"".join(self._parts)
+        opcode = self._opcode
+        self._opcode, self._parts, self._size, self._decoder = None, [], 0, None
+        return opcode, (data.decode("utf-8") if opcode == Opcode.TEXT else data)

@@ -11,9 +11,12 @@ in pywsgi but does the upgrade itself, because the library's version:
 * under Werkzeug 3, lets Flask answer 400 after the 101 (NOTES.md): ``/ws``
   never reaches Flask here.
 
-The server object must carry ``gateway`` (see ``gateway/server.py``): it
-decides admission before the 101 (``admit``) and serves the connection
-after it (``serve``).
+The server (:class:`GatewayServer`) carries ``gateway`` (see
+``gateway/server.py``): it decides admission before the 101 (``admit``)
+and serves the connection after it (``serve``). After the 101 the socket
+leaves pywsgi: the handler's greenlet ends and the connection is read in
+event-loop callbacks (``transport/socket.py``), so an idle connection holds
+no greenlet.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import socket
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-__all__ = ["GatewayHandler", "HandshakeTimeout", "Rejection"]
+__all__ = ["GatewayHandler", "GatewayServer", "HandshakeTimeout", "Rejection"]
 
 access_log = logging.getLogger("gateway.access")
 
@@ -114,12 +117,30 @@ class GatewayHandler(WebSocketHandler):
         self.close_connection = True
         self._timer.cancel()
         self._timer = None
-        # The request is over: keep only what the access line needs (the
-        # parsed headers and the full environ would stay for the connection's life).
+        # The request is over: keep only what the access line needs.
         env = self.environ = {"PATH_INFO": env.get("PATH_INFO"), "REQUEST_METHOD": "GET"}
         self.headers = None
-        conn = gateway.make_connection(self.socket, self.rfile, env)
+        sock = self.socket
+        conn = gateway.make_connection(sock, self._take_buffered(), env)
         gateway.serve(conn, admission, env)
+        # The connection is the gateway's now: pywsgi must neither read nor close it.
+        self.server.detach(sock)
+        self.socket = None
+
+    def _take_buffered(self) -> bytes:
+        """What the client sent after the request head (its first frames), without waiting for more."""
+        sock, rfile = self.socket, self.rfile
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            pending = rfile.peek(READ_BUFFER) if rfile.raw is not None else b""
+        except (BlockingIOError, OSError, ValueError):
+            pending = b""
+        finally:
+            sock.settimeout(timeout)
+        pending = bytes(pending)
+        rfile.close()
+        return pending
 
     def _check_handshake(self) -> str:
         env = self.environ
@@ -135,6 +156,8 @@ class GatewayHandler(WebSocketHandler):
                 "only websocket protocol version 13 is supported",
                 [("Sec-WebSocket-Version", "13")],
             )
+        if env.get("CONTENT_LENGTH", "0") not in ("", "0") or "chunked" in env.get("HTTP_TRANSFER_ENCODING", ""):
+            raise Rejection("400 Bad Request", "bad_handshake", "a websocket upgrade request has no body")
         key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         try:
             valid = len(base64.b64decode(key, validate=True)) == 16
@@ -166,3 +189,22 @@ class GatewayHandler(WebSocketHandler):
 
     def log_request(self) -> None:
         access_log.info(self.format_request())
+
+
+class GatewayServer(WSGIServer):
+    """pywsgi's server, except that it leaves alone the sockets of upgraded connections."""
+
+    handler_class = GatewayHandler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._detached: set[int] = set()
+
+    def detach(self, sock: Any) -> None:
+        self._detached.add(id(sock))
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        if id(sock) in self._detached:
+            self._detached.discard(id(sock))
+            return
+        super().do_close(sock, *args)

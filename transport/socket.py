@@ -5,19 +5,19 @@ This replaces gevent-websocket's ``WebSocket`` object after the handshake
 close codes, reads frames of any size, accepts unmasked frames and lets two
 greenlets write one socket (../shared/NOTES.md).
 
-* :meth:`WebSocketConnection.receive` is called by one greenlet only (the
-  pywsgi handler's). It enforces the message size limit from the frame
-  header, answers pings and close frames *through the outbox*, and returns
-  whole text messages.
+* :class:`WebSocketConnection` reads in event-loop callbacks, without a
+  greenlet: it parses with :class:`transport.frames.FrameReader` (message
+  size limit decided from the frame header), answers pings and close
+  frames *through the outbox*, and hands whole messages to its owner.
 * :class:`Outbox` is the only code that writes to the socket: a bounded
-  queue of ready-made frame bytes drained by one writer greenlet, which
-  writes everything queued in one ``sendall``. A full queue or a write
-  blocked longer than ``write_timeout`` marks the client a slow consumer.
+  queue of ready-made frame bytes, written from the event loop with
+  non-blocking sends (one per batch); a writer greenlet exists only while
+  the socket is full. A full queue or a write blocked longer than
+  ``write_timeout`` marks the client a slow consumer.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import socket
 import time
@@ -28,16 +28,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from transport.frames import (
-    FrameError,
-    FrameHeader,
-    Opcode,
-    encode_close,
-    encode_frame,
-    parse_close,
-    parse_header,
-    unmask,
-)
+from transport.frames import FrameError, FrameReader, Opcode, encode_close, encode_frame
 
 __all__ = ["ConnectionClosed", "Outbox", "WebSocketConnection"]
 
@@ -47,6 +38,7 @@ log = logging.getLogger("gateway.transport")
 # speed comes from (one system call per batch, not per message).
 _BATCH_FRAMES = 256
 _BATCH_BYTES = 256 * 1024
+_READ_SIZE = 32 * 1024  # per recv; a larger message takes several (the loop calls again while bytes wait)
 
 
 class ConnectionClosed(Exception):
@@ -334,14 +326,21 @@ class Outbox:
 class WebSocketConnection:
     """The server side of one upgraded connection.
 
-    Parameters are the handler's socket and its buffered reader (which may
-    already hold the first frame), and the limits from configuration.
+    Reading costs no greenlet: :meth:`start_reading` registers the socket
+    with the event loop, whose callback reads what arrived, parses it
+    (:class:`transport.frames.FrameReader`) and hands each whole message to
+    ``on_message``. An idle connection is a few objects and a watcher, not
+    a parked greenlet with a copy of its stack.
+
+    Parameters are the handler's socket, the bytes it had already read past
+    the request head (a client may send its first frame at once), and the
+    limits from configuration.
     """
 
     def __init__(
         self,
         sock: socket.socket,
-        rfile: Any,
+        pending: bytes = b"",
         *,
         max_message_size: int,
         max_queue_bytes: int,
@@ -351,8 +350,9 @@ class WebSocketConnection:
         on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.sock = sock
-        self._read = rfile.read
-        self.max_message_size = max_message_size
+        self._raw = getattr(sock, "_sock", sock)
+        self._pending = pending
+        self.reader = FrameReader(max_message_size)
         self.close_timeout = close_timeout
         self.outbox = Outbox(
             sock, max_bytes=max_queue_bytes, write_timeout=write_timeout,
@@ -363,6 +363,11 @@ class WebSocketConnection:
         self.close_reason = ""
         self.closed_by_server = False
         self._server_closed = False
+        self._watcher: Any = None
+        self._on_message: Callable[[str | bytes], None] | None = None
+        self._on_end: Callable[[ConnectionClosed], None] | None = None
+        self._error: FrameError | None = None  # after a protocol error: input is discarded until EOF
+        self._ended = False
 
     # -- writing (delegates to the single writer) ---------------------------
 
@@ -393,117 +398,107 @@ class WebSocketConnection:
 
     # -- reading -------------------------------------------------------------
 
-    def _read_exact(self, n: int) -> bytes:
-        data = self._read(n)
-        if len(data) != n:
-            raise ConnectionClosed(1006, "connection lost")
-        return data
+    def start_reading(self, on_message: Callable[[str | bytes], None],
+                      on_end: Callable[[ConnectionClosed], None]) -> None:
+        """Read from now on in event-loop callbacks.
 
-    def _read_header(self) -> FrameHeader:
-        data = self._read_exact(2)
-        while True:
-            result = parse_header(data, max_size=self.max_message_size)
-            if isinstance(result, FrameHeader):
-                return result
-            data += self._read_exact(result - len(data))
-
-    def receive(self) -> str | bytes:
-        """Return the next text (str) or binary (bytes) message.
-
-        Raises :class:`ConnectionClosed` once the connection is over; by then
-        the close frame has been queued and the writer told to finish.
+        ``on_message`` gets each whole text (``str``) or binary (``bytes``)
+        message; it runs in the loop and must not block. ``on_end`` runs
+        once, in a greenlet of its own, when the connection is over (close
+        handshake done, protocol error, or the peer gone); by then the close
+        frame, if any, has been queued. Then call :meth:`finish`.
         """
-        try:
-            return self._receive()
-        except FrameError as exc:
-            self.close(exc.code, exc.reason, discard_pending=False)
-            self._drain_after_error()
-            raise ConnectionClosed(exc.code, exc.reason, by_server=True) from None
-        except (OSError, ConnectionClosed) as exc:
-            if isinstance(exc, ConnectionClosed):
-                code = exc.code
-            else:
-                code = 1006
-            if self.close_code is None:
-                self.close_code = code
-            self.outbox.abort()
-            raise ConnectionClosed(self.close_code, self.close_reason, by_server=self.closed_by_server) from None
+        self._on_message = on_message
+        self._on_end = on_end
+        self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
+        self._watcher.start(self._on_readable)
+        pending, self._pending = self._pending, b""
+        if pending:
+            self._received(pending)
 
-    def _receive(self) -> str | bytes:
-        message: list[bytes] = []
-        size = 0
-        opcode: Opcode | None = None
-        decoder = None
-        while True:
-            header = self._read_header()
-            payload = self._read_exact(header.length) if header.length else b""
-            payload = unmask(payload, header.mask)
-            self.last_activity = gevent.get_hub().loop.now()
-            op = header.opcode
-            if op == Opcode.PING:
-                self.outbox.push_control(encode_frame(Opcode.PONG, payload))
-                continue
-            if op == Opcode.PONG:
-                continue
-            if op == Opcode.CLOSE:
-                code, reason = parse_close(payload)
-                self._peer_closed(code, reason)
-            if op == Opcode.CONTINUATION:
-                if opcode is None:
-                    raise FrameError(1002, "continuation frame without a message")
-            else:
-                if opcode is not None:
-                    raise FrameError(1002, "new message inside a fragmented message")
-                opcode = op
-                if op == Opcode.TEXT:
-                    decoder = codecs.getincrementaldecoder("utf-8")()
-            size += len(payload)
-            if size > self.max_message_size:
-                raise FrameError(1009, f"message exceeds the limit of {self.max_message_size} bytes")
-            if decoder is not None:
-                try:
-                    # Incremental, so invalid UTF-8 fails at the offending fragment.
-                    decoder.decode(payload, final=header.fin)
-                except UnicodeDecodeError:
-                    raise FrameError(1007, "text message is not valid utf-8") from None
-            message.append(payload)
-            if header.fin:
-                data = b"".join(message)
-                return data.decode("utf-8") if opcode == Opcode.TEXT else data
+    def _on_readable(self) -> None:
+        try:
+            data = self._raw.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.outbox.abort()  # the peer is gone: nothing more can be written
+            self._end()
+            return
+        try:
+            self._received(data)
+        except Exception:  # a bug must not leave the connection half alive
+            log.exception("reading a connection failed")
+            self.outbox.abort()
+            self._end()
+
+    def _received(self, data: bytes) -> None:
+        self.last_activity = gevent.get_hub().loop.now()
+        if self._error is not None or self._ended:
+            return
+        try:
+            for opcode, value in self.reader.feed(data):
+                if opcode == Opcode.TEXT or opcode == Opcode.BINARY:
+                    self._on_message(value)  # type: ignore[misc]
+                elif opcode == Opcode.PING:
+                    self.outbox.push_control(encode_frame(Opcode.PONG, value))
+                elif opcode == Opcode.CLOSE:
+                    self._peer_closed(*value)
+                    return
+        except FrameError as exc:
+            # Close with the code, then discard input until the peer closes
+            # (or the close deadline shuts the socket): closing with unread
+            # input would make the kernel send RST, and the client might never
+            # see the close code (reliability-and-security §7).
+            self._error = exc
+            self.close(exc.code, exc.reason)
 
     def _peer_closed(self, code: int | None, reason: str) -> None:
-        if self._server_closed:
-            # The reply to our close frame: the handshake is complete.
-            raise ConnectionClosed(self.close_code, self.close_reason, by_server=True)
-        self.close_code, self.close_reason = (code if code is not None else 1005), reason
-        self._server_closed = True
-        # Echo the code (RFC 6455 §5.5.1); an empty close is answered empty.
-        self.outbox.close(code if code is not None else None, "")
-        self.outbox.closed.wait(self.close_timeout)
-        raise ConnectionClosed(self.close_code, reason)
+        if not self._server_closed:
+            self.close_code, self.close_reason = (code if code is not None else 1005), reason
+            self._server_closed = True
+            # Echo the code (RFC 6455 §5.5.1); an empty close is answered empty.
+            self.outbox.close(code if code is not None else None, "")
+        # else: the reply to our close frame: the handshake is complete.
+        self._end()
 
-    def _drain_after_error(self) -> None:
-        """Keep reading until the peer closes, so our close frame is not lost to a reset.
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self.close_code is None:
+            self.close_code = 1006
+        closed = ConnectionClosed(self.close_code, self.close_reason, by_server=self.closed_by_server)
+        if self._on_end is not None:
+            gevent.spawn(self._on_end, closed)
 
-        Closing a socket with unread input makes the kernel send RST, and the
-        client may never see the close code (reliability-and-security §7).
-        """
+    def finish(self) -> None:
+        """After ``on_end``: let the close frame go out (bounded), then release the socket."""
         self.outbox.closed.wait(self.close_timeout)
+        self.outbox.abort()
         try:
-            with gevent.Timeout(self.close_timeout, False):
-                while self.sock.recv(65536):
-                    pass
+            self.sock.close()
         except OSError:
             pass
 
     def wait_closed(self) -> None:
-        """After the server started closing: wait for the peer's close frame (bounded)."""
+        """Before reading started, after the server closed: wait (bounded) for the peer's close frame."""
         if not self._server_closed:
             return
+        data, self._pending = self._pending, b""
         try:
             with gevent.Timeout(self.close_timeout, False):
                 while True:
-                    self._receive()
-        except (FrameError, OSError, ConnectionClosed):
+                    if data and any(op == Opcode.CLOSE for op, _ in self.reader.feed(data)):
+                        break
+                    data = self.sock.recv(65536)
+                    if not data:
+                        break
+        except (FrameError, OSError):
             pass
         self.outbox.abort()
