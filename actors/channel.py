@@ -154,7 +154,13 @@ class ChannelActor(GeventActor):
         missed: list[Publication] = []
         recovered: bool | None = None
         try:
-            head = self.broker.position(self.key)
+            if message.since is None and self.position is not None and self.broker.healthy():
+                # Live on the broker since it started: the last offset delivered is the head (a
+                # publication still in flight reaches this subscriber too). Saves a round trip
+                # per subscribe on a busy or reconnecting channel.
+                head = self.position
+            else:
+                head = self.broker.position(self.key)
             if message.since is not None:
                 missed, recovered = self.broker.history(self.key, message.since)
         except BrokerUnavailable:

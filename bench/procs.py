@@ -246,13 +246,17 @@ class Gateway:
         return http_json(self.port, "/ws/stats")
 
     def metrics(self, *names: str) -> dict[str, float]:
-        """Samples of the named metric families from /metrics: {'ws_close_codes_total{code="4001"}': 3.0, ...}."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#") and line.startswith(names):
-                key, _, value = line.rpartition(" ")
-                if not key.split("{", 1)[0].endswith("_created"):
-                    out[key] = float(value)
+        """Samples of the named metric families from /metrics: {'ws_close_codes_total{code="4001"}': 3.0, ...}.
+
+        With workers, each worker's own port is scraped and the samples are summed.
+        """
+        out: dict[str, float] = {}
+        for port in self.own_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            for line in text.splitlines():
+                if line and not line.startswith("#") and line.startswith(names):
+                    key, _, value = line.rpartition(" ")
+                    if not key.split("{", 1)[0].endswith("_created"):
+                        out[key] = out.get(key, 0.0) + float(value)
         return out

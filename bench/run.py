@@ -265,12 +265,13 @@ class Load:
 class Window:
     """Counters of every process over one measurement window."""
 
-    def __init__(self, load: Load, server_pid: int, extra_pids: tuple[int, ...] = (),
+    def __init__(self, load: Load, server_pids: int | list[int], extra_pids: tuple[int, ...] = (),
                  probe: JsonProc | None = None) -> None:
-        self.load, self.server_pid, self.extra_pids, self.probe = load, server_pid, extra_pids, probe
+        self.load, self.extra_pids, self.probe = load, extra_pids, probe
+        self.server_pids = [server_pids] if isinstance(server_pids, int) else server_pids
 
     def _snap(self) -> dict[str, Any]:
-        snap = {"load": self.load.snap(), "server_cpu": cpu_seconds(self.server_pid),
+        snap = {"load": self.load.snap(), "server_cpu": total_cpu_seconds(self.server_pids),
                 "extra_cpu": sum(cpu_seconds(p) for p in self.extra_pids), "busy": busy_cores_snapshot()[0],
                 "t": time.monotonic()}
         if self.probe is not None:
@@ -507,18 +508,24 @@ class Bench:
         symbols = ["BTCUSDT", "ETHUSDT", "ADAUSDT", "SOLUSDT"][:a.paced_symbols]
         streams = a.paced_streams
         slow = max(1, round(a.paced_clients * a.slow_percent / 100)) if a.slow_percent > 0 else 0
+        redis = None
         try:
+            if a.gateway_workers > 1:
+                from tests.redis_server import RedisServer
+
+                redis = RedisServer().start()
             gw = Gateway({"MARKET_SOURCE": "bybit", "BYBIT_WS_URL": f"ws://127.0.0.1:{sim_port}/v5/public",
                           # Upstream carries exactly what the clients subscribe to (no pinned popular pairs).
                           "MARKET_CATEGORIES": "spot", "POPULAR_PAIRS": ""},
-                         self.log_dir / "gateway-b.log", self.app).start()
+                         self.log_dir / "gateway-b.log", self.app, workers=a.gateway_workers,
+                         redis_url=redis.url if redis is not None else None).start()
             load = Load(gw.port, {"path": "/ws?token={token}", "jwt_secret": gw.secret, "hello": True,
                                   "subscribe": [market_sub(streams=streams)], "symbols": symbols,
                                   "mode": "latency"})
             # The first ``slow`` clients are opened with a small receive buffer (used in e only).
             connect = load.add(a.paced_clients, per_worker=math.ceil(a.paced_clients / a.paced_workers),
                                first={"slow": slow, "slow_rcvbuf": a.slow_rcvbuf})
-            window = Window(load, gw.pid, (sim.pid,))
+            window = Window(load, gw.pids, (sim.pid,))
             time.sleep(a.warmup)
             load.call({"cmd": "hist_reset"})
             fan0 = self.fanout_buckets(gw)
@@ -526,12 +533,13 @@ class Bench:
             row.update(Histogram.percentiles(load.hist()))
             row["gateway_fanout_latency_ms"] = fanout_quantiles(fan0, self.fanout_buckets(gw))
             row.update({"clients": a.paced_clients, "symbols": len(symbols), "streams": streams,
+                        "gateway_processes": a.gateway_workers,
                         "rate_hz": a.paced_hz, "connect": connect,
                         "messages_per_client_per_s": round(row["delivered_per_s"] / a.paced_clients, 2)})
             self.log(f"  gateway paced: p50 {row['p50']} ms, p99 {row['p99']} ms, max {row['max']} ms, "
                      f"{row['delivered_per_s']:,} msg/s")
             if a.profile:
-                row["profile"] = self.profile("b_paced_gateway", gw.pid, a.profile_seconds)
+                row["profile"] = self.profile("b_paced_gateway", gw.pids[-1], a.profile_seconds)
             slow_row = self.slow_consumers(gw, load, window, slow, row, clients=a.paced_clients, latency=True,
                                            cut_wait=0) if slow else {}
             return row, slow_row
@@ -540,6 +548,8 @@ class Bench:
                 load.stop()
             if gw is not None:
                 gw.stop()
+            if redis is not None:
+                redis.cleanup()
             stop_popen(sim)
 
     def slow_consumers(self, gw: Gateway, load: Load, window: Window, slow: int, base: dict[str, Any], *,
@@ -547,7 +557,7 @@ class Bench:
         """``slow`` clients of ``load.slow_worker`` stop reading; measure the others, then what became of the slow."""
         a = self.args
         worker = load.slow_worker
-        rss_start, tcp_start = rss_kib(gw.pid), tcp_mem_kib()
+        rss_start, tcp_start = total_rss_kib(gw.pids), tcp_mem_kib()
         metrics_start = self.slow_metrics(gw)
         samples: list[tuple[float, int, int, int]] = []
         t_pause = time.monotonic()
@@ -562,7 +572,7 @@ class Bench:
                     conns = gw.stats()["connections"]
                 except (OSError, ValueError, KeyError):
                     conns = -1
-                samples.append((round(time.monotonic() - t_pause, 2), rss_kib(gw.pid), conns, tcp_mem_kib()))
+                samples.append((round(time.monotonic() - t_pause, 2), total_rss_kib(gw.pids), conns, tcp_mem_kib()))
                 stop.wait(0.5)
 
         def cut_at(all_of_them: bool = True) -> float | None:
@@ -1052,7 +1062,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paced-streams", type=lambda t: [x for x in t.split(",") if x], default=["ticker"],
                    help="market-data streams per client (ticker = Bybit spot's 50 ms push)")
     p.add_argument("--paced-window", type=float, default=15.0)
-    p.add_argument("--paced-workers", type=int, default=2)
+    p.add_argument("--paced-workers", type=int, default=2, help="load-generator processes in (b) and (e)")
+    p.add_argument("--gateway-workers", type=int, default=1,
+                   help="gateway processes in (b) and (e): WORKERS=N over a redis-server the benchmark starts")
     p.add_argument("--slow-percent", type=float, default=1.0)
     p.add_argument("--slow-window", type=float, default=15.0)
     p.add_argument("--slow-cut-wait", type=float, default=40.0,

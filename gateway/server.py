@@ -117,11 +117,12 @@ class Gateway:
 
     # -- after the upgrade ---------------------------------------------------------
 
-    def make_connection(self, sock: socket.socket, pending: bytes, environ: dict[str, Any]) -> WebSocketConnection:
+    def make_connection(self, sock: socket.socket, pending: bytes, environ: dict[str, Any],
+                        handshake: bytes = b"") -> WebSocketConnection:
         s = self.settings
         echo = environ.get("PATH_INFO") == ECHO_PATH
         return WebSocketConnection(
-            sock, pending,
+            sock, pending, handshake=handshake,
             # Autobahn's sections 1-7 and 10 send messages up to 64 KiB + headers.
             max_message_size=16 * 1024 * 1024 if echo else s.max_message_size,
             max_queue_bytes=s.max_queue_bytes,

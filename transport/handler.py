@@ -108,10 +108,13 @@ class GatewayHandler(WebSocketHandler):
         if admission.protocol:
             headers.append(("Sec-WebSocket-Protocol", admission.protocol))
         response = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-        self.socket.sendall(response.encode("latin-1"))
         # A bounded kernel send buffer, so WS_QUEUE_BYTES is the real bound on
         # what a client that stops reading can hold up (Linux would grow it to 4 MiB).
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        # No Nagle: the outbox already coalesces what is queued into one write, and
+        # Nagle would hold a small frame back while an earlier one is unacknowledged
+        # (up to the client's delayed-ACK timer, 40 ms on Linux).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.status = "101 Switching Protocols"
         self.headers_sent = True
         self.close_connection = True
@@ -121,7 +124,8 @@ class GatewayHandler(WebSocketHandler):
         env = self.environ = {"PATH_INFO": env.get("PATH_INFO"), "REQUEST_METHOD": "GET"}
         self.headers = None
         sock = self.socket
-        conn = gateway.make_connection(sock, self._take_buffered(), env)
+        # The 101 goes out with the first frames (the ``connection`` message) in one write.
+        conn = gateway.make_connection(sock, self._take_buffered(), env, response.encode("latin-1"))
         gateway.serve(conn, admission, env)
         # The connection is the gateway's now: pywsgi must neither read nor close it.
         self.server.detach(sock)

@@ -91,6 +91,7 @@ class Outbox:
         "_close_frame",
         "_closing",
         "_frames",
+        "_head_bytes",
         "_pushed",
         "_queued_bytes",
         "_raw",
@@ -132,6 +133,7 @@ class Outbox:
         self.on_overflow = on_overflow
         self.on_latency = on_latency
         self.bytes_written = 0
+        self._head_bytes = 0  # of the handshake response still to write (not counted as WebSocket bytes)
         # Fan-out latency: a few frames carry the time their data arrived from
         # the exchange; once the writer has written past them, it observes
         # the delay. Frames are counted, not timestamped, to keep push cheap.
@@ -166,6 +168,11 @@ class Outbox:
             self._stamps.append((self._pushed, stamp))
         self._schedule()
         return True
+
+    def push_handshake(self, response: bytes) -> None:
+        """Queue the HTTP 101 response first, so it leaves with the first frames in one write."""
+        self._head_bytes += len(response)
+        self.push_control(response)
 
     def push_control(self, frame: bytes) -> None:
         """Queue a ping or pong; control frames skip the byte limit (they are tiny)."""
@@ -229,7 +236,23 @@ class Outbox:
         if self._writer is not None or self.closed.is_set():
             return
         try:
-            while self._frames:
+            frames = self._frames
+            if len(frames) == 1 and not self._closing and not self._head_bytes:
+                # The common case under paced load: one frame, one send, no batching.
+                data = frames[0]
+                sent = self._send_nowait(data)
+                self._queued_bytes -= sent
+                self.bytes_written += sent
+                if sent == len(data):
+                    frames.popleft()
+                    self._written += 1
+                    if self._stamps:
+                        self._observe_latency()
+                else:
+                    frames[0] = data[sent:]
+                    self._writer = gevent.spawn(self._drain, 1)
+                return
+            while frames:
                 data, count = self._batch()
                 self._queued_bytes -= len(data)
                 sent = self._send_nowait(data)
@@ -307,6 +330,10 @@ class Outbox:
         self.closed.set()
 
     def _wrote(self, nbytes: int, frames: int) -> None:
+        if self._head_bytes:
+            head = min(nbytes, self._head_bytes)
+            self._head_bytes -= head
+            nbytes -= head
         if nbytes:
             self.bytes_written += nbytes
         if frames:
@@ -333,8 +360,8 @@ class WebSocketConnection:
     a parked greenlet with a copy of its stack.
 
     Parameters are the handler's socket, the bytes it had already read past
-    the request head (a client may send its first frame at once), and the
-    limits from configuration.
+    the request head (a client may send its first frame at once), the 101
+    response to write first, and the limits from configuration.
     """
 
     def __init__(
@@ -342,6 +369,7 @@ class WebSocketConnection:
         sock: socket.socket,
         pending: bytes = b"",
         *,
+        handshake: bytes = b"",
         max_message_size: int,
         max_queue_bytes: int,
         write_timeout: float,
@@ -358,6 +386,8 @@ class WebSocketConnection:
             sock, max_bytes=max_queue_bytes, write_timeout=write_timeout,
             on_overflow=on_overflow, on_latency=on_latency,
         )
+        if handshake:
+            self.outbox.push_handshake(handshake)
         self.last_activity = gevent.get_hub().loop.now()
         self.close_code: int | None = None
         self.close_reason = ""
