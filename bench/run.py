@@ -697,23 +697,26 @@ class Bench:
                 peer_steps.append(min(n, per_process))
         return steps, peer_steps, "; ".join(notes) or None
 
-    def capacity_gateway(self, steps: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        a = self.args
+    def capacity_gateway(self, steps: list[int], workers: int, *, churn: bool = False
+                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Open the steps' idle connections on a gateway of ``workers`` processes; with ``churn``, run (d)
+        at the first step instead of measuring the rest."""
         redis = None
-        if a.capacity_workers > 1:
+        if workers > 1:
             from tests.redis_server import RedisServer
 
             redis = RedisServer().start()
         try:
-            return self._capacity_gateway(steps, redis)
+            return self._capacity_gateway(steps, redis, workers, churn)
         finally:
             if redis is not None:
                 redis.cleanup()
 
-    def _capacity_gateway(self, steps: list[int], redis: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _capacity_gateway(self, steps: list[int], redis: Any, workers: int, churn_only: bool
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         a = self.args
         gw = Gateway({"MARKET_SOURCE": "none", "WS_HEARTBEAT_INTERVAL": str(int(a.heartbeat * 1000))},
-                     self.log_dir / "gateway-c.log", self.app, workers=a.capacity_workers,
+                     self.log_dir / f"gateway-{'d' if churn_only else 'c'}-{workers}.log", self.app, workers=workers,
                      redis_url=redis.url if redis is not None else None).start()
         # Everything the server side holds: the gateway process(es) and, with workers, Redis.
         server_pids = gw.pids + ([redis.proc.pid] if redis is not None else [])
@@ -730,7 +733,7 @@ class Bench:
             have = 0
             for n in steps:
                 prof = None
-                if a.profile and not rows:
+                if a.profile and not rows and not churn_only:
                     prof = PySpy(gw.pids[-1], self.out_dir / "profile-c_connect", a.profile_seconds * 3)
                 cpu0 = total_cpu_seconds(server_pids)
                 connect = load.add(n - have)
@@ -746,27 +749,28 @@ class Bench:
                        if connect["seconds"] else None,
                        "server_cpu_ms_per_connect": round(cpu_connect * 1000 / max(1, connect["open"]), 3),
                        "pings_answered_during_wait": snap1["pings"] - snap0["pings"],
-                       "closes": snap1["closes"], "gateway_processes": a.capacity_workers}
+                       "closes": snap1["closes"], "gateway_processes": workers}
                 if redis is not None:
                     row["redis_kib_per_connection"] = round((rss_kib(redis.proc.pid) - redis_rss0) / n, 2)
                     row["per_worker"] = [http_json(p, "/ws/stats").get("connections") for p in gw.own_ports]
                 if prof is not None:
                     self.results["profiles"]["c_connect_gateway"] = prof.finish()
                     row["profile"] = "c_connect_gateway"
-                if a.profile and n == steps[-1]:
+                if a.profile and n == steps[-1] and not churn_only:
                     row["profile_idle"] = self.profile("c_idle_gateway", gw.pids[-1], a.profile_seconds)
                 rows.append(row)
                 self.log(f"  gateway capacity {n:,}: {row['kib_per_connection']} KiB/connection, "
                          f"{row['open']:,} open, pings answered {row['pings_answered_during_wait']:,}"
                          + (f", per worker {row['per_worker']}" if redis is not None else ""))
-                if not churn and a.churn_seconds > 0:
-                    churn = self.churn(gw, load, n, server_pids)
+                if churn_only:
+                    churn = self.churn(gw, load, n, server_pids, workers)
+                    break
         finally:
             load.stop()
             gw.stop()
         return rows, churn
 
-    def churn(self, gw: Gateway, load: Load, open_now: int, server_pids: list[int]) -> dict[str, Any]:
+    def churn(self, gw: Gateway, load: Load, open_now: int, server_pids: list[int], workers: int) -> dict[str, Any]:
         a = self.args
         worker = JsonProc([PY, str(BENCH / "loadgen.py")], name="churn")
         try:
@@ -775,7 +779,7 @@ class Bench:
             worker.recv(30)
             cpu0, busy0, t0 = total_cpu_seconds(server_pids), *busy_cores_snapshot()
             ips = [Load._ip() for _ in range(4)]
-            prof = (PySpy(gw.pids[-1], self.out_dir / "profile-d_churn_gateway", a.churn_seconds - 1)
+            prof = (PySpy(gw.pids[-1], self.out_dir / f"profile-d_churn_gateway_{workers}", a.churn_seconds - 1)
                     if a.profile else None)
             res = worker.call({"cmd": "churn", "seconds": a.churn_seconds, "concurrency": a.churn_concurrency,
                                "local_addrs": ips}, timeout=a.churn_seconds + 60)
@@ -784,12 +788,12 @@ class Bench:
             other = max(0.0, (busy1 - busy0) - server - res["cpu"]) / (t1 - t0)
             still = load.snap()["open"]
             if prof is not None:
-                self.results["profiles"]["d_churn_gateway"] = prof.finish()
+                self.results["profiles"][f"d_churn_gateway_{workers}"] = prof.finish()
         finally:
             worker.stop()
         row = {"open_connections": open_now, "still_open_after": still, "cycles": res["cycles"],
                "seconds": res["seconds"], "cycles_per_s": round(res["cycles"] / res["seconds"], 1),
-               "concurrency": a.churn_concurrency, "gateway_processes": a.capacity_workers,
+               "concurrency": a.churn_concurrency, "gateway_processes": workers,
                "server_cpu_ms_per_cycle": round(server * 1000 / max(1, res["cycles"]), 3),
                "loadgen_cpu_ms_per_cycle": round(res["cpu"] * 1000 / max(1, res["cycles"]), 3),
                "other_cpu_cores": round(other, 3), "errors": res["errors"], "first_errors": res["first_errors"]}
@@ -824,16 +828,25 @@ class Bench:
 
     def scenario_c_d(self) -> None:
         steps, peer_steps, note = self.capacity_steps()
-        rows, churn = self.capacity_gateway(steps)
+        rows: list[dict[str, Any]] = []
+        if "c" in self.args.scenarios.split(","):
+            rows, _ = self.capacity_gateway(steps, self.args.capacity_workers)
+        churns = []
+        if self.args.churn_seconds > 0:
+            for workers in self.args.churn_workers:
+                _, churn = self.capacity_gateway(steps[:1], workers, churn=True)
+                churns.append(churn)
         res: dict[str, Any] = {"requested": self.args.capacity, "ran": steps, "peers_ran": peer_steps,
                                "limit_note": note, "gateway_processes": self.args.capacity_workers,
                                "subscribed_to": self.args.capacity_channel, "heartbeat_s": self.args.heartbeat,
                                "gateway": rows}
-        for kind in self.peers:
+        for kind in self.peers if rows else ():
             res[kind] = self.capacity_peer(kind, peer_steps)
-        self.results["scenarios"]["c_capacity"] = res
-        if churn:
-            self.results["scenarios"]["d_churn"] = {"gateway": churn}
+        if rows:
+            self.results["scenarios"]["c_capacity"] = res
+        if churns:
+            best = max(churns, key=lambda r: r["cycles_per_s"])
+            self.results["scenarios"]["d_churn"] = {"gateway": best, "runs": churns}
 
     # -- profiles ------------------------------------------------------------------------------
 
@@ -1001,11 +1014,12 @@ def render(res: dict[str, Any]) -> str:
     d = sc.get("d_churn")
     if d:
         g = d["gateway"]
-        procs = g.get("gateway_processes", 1)
-        parts.append(f"(d) churn: connect + JWT + subscribe + close, gateway processes: {procs}\n" + _table(
-            ["open connections", "cycles/s", "server ms/cycle", "loadgen ms/cycle", "errors", "still open after"],
-            [[g["open_connections"], g["cycles_per_s"], g["server_cpu_ms_per_cycle"], g["loadgen_cpu_ms_per_cycle"],
-              g["errors"], g["still_open_after"]]]))
+        parts.append("(d) churn: connect + JWT + subscribe + close (server ms/cycle: every gateway process and "
+                     "Redis)\n" + _table(
+            ["gateway processes", "open connections", "cycles/s", "server ms/cycle", "loadgen ms/cycle", "errors",
+             "still open after"],
+            [[r.get("gateway_processes", 1), r["open_connections"], r["cycles_per_s"], r["server_cpu_ms_per_cycle"],
+              r["loadgen_cpu_ms_per_cycle"], r["errors"], r["still_open_after"]] for r in d.get("runs", [g])]))
     e = sc.get("e_slow")
     if e:
         rows = []
@@ -1079,6 +1093,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "starts (1: one process, memory broker)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="server ping interval in (c) and (d), seconds")
     p.add_argument("--churn-seconds", type=float, default=8.0)
+    p.add_argument("--churn-workers", type=_ints, default=[1, 2],
+                   help="(d) once per gateway process count (each its own gateway, the first capacity step open)")
     p.add_argument("--churn-concurrency", type=int, default=50)
     p.add_argument("--profile", action="store_true",
                    help="py-spy the gateway in (a), (b) and (c), each in a window after the measured one")
@@ -1095,7 +1111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.burst_clients, args.peer_burst_clients = [1, 20], [20]
         args.paced_clients, args.paced_window, args.paced_workers = 100, 1.0, 1
         args.slow_window, args.slow_cut_wait = 1.0, 0.0
-        args.capacity, args.heartbeat, args.capacity_workers = [200], 0.5, 1
+        args.capacity, args.heartbeat, args.capacity_workers, args.churn_workers = [200], 0.5, 1, [1]
         args.churn_seconds, args.churn_concurrency = 1.0, 10
         args.profile_seconds, args.profile_clients = 2.0, 20
     return args
