@@ -35,7 +35,7 @@ from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ProtocolError
 from protocol.messages import connection_message, parse
 from transport.frames import Opcode, encode_frame
-from transport.handler import Rejection
+from transport.handshake import Rejection
 from transport.socket import ConnectionClosed, WebSocketConnection
 
 __all__ = ["Admission", "Gateway"]

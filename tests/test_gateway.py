@@ -507,3 +507,26 @@ def test_upgrade_request_with_a_body_is_400(gw):
     sock, head = raw_upgrade(gw.port, f"/ws?token={gw.token('pia')}", {"Content-Length": "5"})
     assert head.startswith("HTTP/1.1 400")
     sock.close()
+
+
+def test_upgrade_after_a_plain_request_on_a_kept_alive_connection(gw):
+    # pywsgi serves the first request; the second, an upgrade, still becomes a WebSocket.
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
+    while len(body) < length:
+        body += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    token = gw.token("kai")
+    sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    data = body[length:]
+    while b'"type":"connection"' not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101")
+    sock.close()

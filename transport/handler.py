@@ -11,6 +11,11 @@ in pywsgi but does the upgrade itself, because the library's version:
 * under Werkzeug 3, lets Flask answer 400 after the 101 (NOTES.md): ``/ws``
   never reaches Flask here.
 
+A connection's first request head is read here: a WebSocket upgrade for a
+gateway path is answered without pywsgi's request machinery (the pure
+handshake logic is in ``transport/handshake.py``); anything else is replayed
+into pywsgi, which serves it (and any keep-alive requests after it) as usual.
+
 The server (:class:`GatewayServer`) carries ``gateway`` (see
 ``gateway/server.py``): it decides admission before the 101 (``admit``)
 and serves the connection after it (``serve``). After the 101 the socket
@@ -21,9 +26,7 @@ no greenlet.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
+import io
 import logging
 import socket
 from typing import Any
@@ -32,11 +35,20 @@ import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
+from transport.handshake import (
+    MAX_HEAD,
+    Rejection,
+    check_upgrade,
+    parse_request_head,
+    rejection_body,
+    rejection_response,
+    upgrade_response,
+)
+
 __all__ = ["GatewayHandler", "GatewayServer", "HandshakeTimeout", "Rejection"]
 
 access_log = logging.getLogger("gateway.access")
 
-_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -44,29 +56,87 @@ class HandshakeTimeout(Exception):
     """The request head (or a whole plain HTTP request) took too long."""
 
 
-class Rejection(Exception):
-    """Refuse an upgrade with an HTTP answer before any 101 is sent."""
-
-    def __init__(self, status: str, error: str, message: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.headers = headers or []
-
-
-# Read buffer of each connection, for its whole life: a request head and our
-# small JSON messages fit; pywsgi's default (8 KiB) would be most of a
-# connection's memory. Larger reads bypass the buffer anyway.
+# Read buffer of a plain HTTP connection handed to pywsgi (its default, 8 KiB,
+# would be most of a connection's memory; larger reads bypass the buffer).
 READ_BUFFER = 1024
 SEND_BUFFER = 256 * 1024
+_NO_RFILE = io.BytesIO()  # until handle() knows whether pywsgi needs a file object
+_NO_RFILE.close()
+
+
+class _Replay(io.RawIOBase):
+    """The bytes already read from a socket, then the socket: pywsgi's input for a request we peeked at."""
+
+    def __init__(self, data: bytes, sock: Any) -> None:
+        super().__init__()
+        self._data = data
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._data:
+            n = min(len(buffer), len(self._data))
+            buffer[:n] = self._data[:n]
+            self._data = self._data[n:]
+            return n
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            return None
 
 
 class GatewayHandler(WebSocketHandler):
     _timer: gevent.Timeout | None = None
+    _fast = False  # this request was read by handle() itself, not by pywsgi
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-        super().__init__(sock, address, server, rfile if rfile is not None else sock.makefile("rb", READ_BUFFER))
+        super().__init__(sock, address, server, rfile if rfile is not None else _NO_RFILE)
+
+    def handle(self) -> None:
+        """Read the first request head; serve a WebSocket upgrade here, give anything else to pywsgi."""
+        timer = gevent.Timeout.start_new(getattr(self.server, "handshake_timeout", 10.0), HandshakeTimeout)
+        try:
+            data = self._read_head()
+        except HandshakeTimeout:
+            self.server.gateway.handshake_rejected("408")
+            self._send_raw(_REQUEST_TIMEOUT)
+            return
+        except OSError:
+            return
+        finally:
+            timer.cancel()
+        if not data:
+            return
+        end = data.find(b"\r\n\r\n")
+        head = parse_request_head(data[:end]) if end > 0 else None
+        if head is not None and head.path in self.server.gateway.ws_paths and head.is_websocket_upgrade:
+            self._fast = True
+            self.requestline = f"{head.method} {head.path} {head.version}"  # never the query (?token=)
+            self.request_version = head.version
+            self.environ = head.environ()
+            self._upgrade(self.environ, data[end + 4:])
+            return
+        self.rfile = io.BufferedReader(_Replay(data, self.socket), READ_BUFFER)
+        super().handle()
+
+    def _read_head(self) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) <= MAX_HEAD:
+            chunk = self.socket.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _send_raw(self, data: bytes) -> None:
+        try:
+            self.socket.sendall(data)
+        except OSError:
+            pass
+
+    # -- pywsgi's path (plain HTTP, and an upgrade on a kept-alive connection) ----
 
     def handle_one_request(self) -> Any:
         timeout = getattr(self.server, "handshake_timeout", 10.0)
@@ -90,49 +160,53 @@ class GatewayHandler(WebSocketHandler):
 
     def run_application(self) -> None:
         env = self.environ
-        gateway = self.server.gateway
-        if env.get("PATH_INFO") not in gateway.ws_paths or "websocket" not in env.get("HTTP_UPGRADE", "").lower():
+        if (env.get("PATH_INFO") not in self.server.gateway.ws_paths
+                or "websocket" not in env.get("HTTP_UPGRADE", "").lower()):
             WSGIHandler.run_application(self)
             return
+        self._upgrade(env, None)
+
+    # -- the upgrade -----------------------------------------------------------------
+
+    def _upgrade(self, env: dict[str, Any], pending: bytes | None) -> None:
+        """Admission, then the 101 and the connection handed to the gateway (``pending``: bytes
+        read past the head; None when pywsgi read the request and may hold some)."""
+        gateway = self.server.gateway
         try:
-            accept = self._check_handshake()
+            accept = check_upgrade(env, self.request_version)
             admission = gateway.admit(env)
         except Rejection as rejection:
             self._reject(rejection)
             return
-        headers = [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept),
-        ]
-        if admission.protocol:
-            headers.append(("Sec-WebSocket-Protocol", admission.protocol))
-        response = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        sock = self.socket
         # A bounded kernel send buffer, so WS_QUEUE_BYTES is the real bound on
         # what a client that stops reading can hold up (Linux would grow it to 4 MiB).
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         # No Nagle: the outbox already coalesces what is queued into one write, and
         # Nagle would hold a small frame back while an earlier one is unacknowledged
         # (up to the client's delayed-ACK timer, 40 ms on Linux).
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.status = "101 Switching Protocols"
-        self.headers_sent = True
-        self.close_connection = True
-        self._timer.cancel()
-        self._timer = None
+        if not self._fast:
+            self.headers_sent = True
+            self.close_connection = True
+            self._timer.cancel()
+            self._timer = None
+            self.headers = None
+            pending = self._take_buffered()
         # The request is over: keep only what the access line needs.
         env = self.environ = {"PATH_INFO": env.get("PATH_INFO"), "REQUEST_METHOD": "GET"}
-        self.headers = None
-        sock = self.socket
         # The 101 goes out with the first frames (the ``connection`` message) in one write.
-        conn = gateway.make_connection(sock, self._take_buffered(), env, response.encode("latin-1"))
+        conn = gateway.make_connection(sock, pending or b"", env, upgrade_response(accept, admission.protocol))
         gateway.serve(conn, admission, env)
         # The connection is the gateway's now: pywsgi must neither read nor close it.
         self.server.detach(sock)
         self.socket = None
+        if self._fast:
+            self.log_request()
 
     def _take_buffered(self) -> bytes:
-        """What the client sent after the request head (its first frames), without waiting for more."""
+        """What pywsgi's reader holds past the request head (a client's first frames), without waiting."""
         sock, rfile = self.socket, self.rfile
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
@@ -146,34 +220,15 @@ class GatewayHandler(WebSocketHandler):
         rfile.close()
         return pending
 
-    def _check_handshake(self) -> str:
-        env = self.environ
-        if env.get("REQUEST_METHOD") != "GET":
-            raise Rejection("405 Method Not Allowed", "bad_handshake", "websocket upgrade needs GET")
-        if self.request_version != "HTTP/1.1":
-            raise Rejection("400 Bad Request", "bad_handshake", "websocket upgrade needs HTTP/1.1")
-        if "upgrade" not in env.get("HTTP_CONNECTION", "").lower():
-            raise Rejection("400 Bad Request", "bad_handshake", "missing Connection: Upgrade")
-        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
-            raise Rejection(
-                "426 Upgrade Required", "unsupported_version",
-                "only websocket protocol version 13 is supported",
-                [("Sec-WebSocket-Version", "13")],
-            )
-        if env.get("CONTENT_LENGTH", "0") not in ("", "0") or "chunked" in env.get("HTTP_TRANSFER_ENCODING", ""):
-            raise Rejection("400 Bad Request", "bad_handshake", "a websocket upgrade request has no body")
-        key = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-        try:
-            valid = len(base64.b64decode(key, validate=True)) == 16
-        except ValueError:
-            valid = False
-        if not valid:
-            raise Rejection("400 Bad Request", "bad_handshake", "missing or invalid Sec-WebSocket-Key")
-        return base64.b64encode(hashlib.sha1((key + _GUID).encode("latin-1")).digest()).decode("ascii")
-
     def _reject(self, rejection: Rejection) -> None:
         self.server.gateway.handshake_rejected(rejection.status.split()[0])
-        body = json.dumps({"error": rejection.error, "message": rejection.message}).encode()
+        if self._fast:
+            self.status = rejection.status
+            self.response_length = len(rejection_body(rejection))
+            self._send_raw(rejection_response(rejection))
+            self.log_request()
+            return
+        body = rejection_body(rejection)
         self.close_connection = True
         self.start_response(
             rejection.status,
