@@ -24,6 +24,7 @@ from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, Su
 from actors.runtime import GeventActor
 from brokers.broker import BrokerUnavailable
 from gateway.auth import AuthError
+from metrics.definitions import child
 from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ErrorCode
@@ -81,12 +82,12 @@ class ConnectionActor(GeventActor):
     # -- helpers -----------------------------------------------------------------
 
     def _send(self, text: str, kind: str) -> None:
-        self.gateway.metrics.messages_sent.labels("-", kind).inc()
+        child(self.gateway.metrics.messages_sent, "-", kind).inc()
         self.conn.send_text(text)
 
     def _error(self, code: ErrorCode, message: str, *, request_id: str | None = None,
                channel: str | None = None) -> None:
-        self.gateway.metrics.errors_sent.labels(code.value).inc()
+        child(self.gateway.metrics.errors_sent, code.value).inc()
         self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
         now = time.monotonic()
         errors = self._errors if self._errors is not None else deque()
@@ -101,7 +102,7 @@ class ConnectionActor(GeventActor):
         if self._closed:
             return
         self._closed = True
-        self.gateway.metrics.closes_sent.labels(str(int(code))).inc()
+        child(self.gateway.metrics.closes_sent, str(int(code))).inc()
         self.conn.close(int(code), reason or CLOSE_CODES[code].reason, discard_pending=discard_pending)
 
     # -- messages ----------------------------------------------------------------
@@ -128,12 +129,12 @@ class ConnectionActor(GeventActor):
         log.error("connection actor failed", exc_info=(exc_type, exc, tb),
                   extra={"fields": {"session": self.session.session_id}})
         # Never restarted (the client reconnects), but counted like every child death.
-        self.gateway.metrics.supervisor_failures.labels("connection", "receive").inc()
+        child(self.gateway.metrics.supervisor_failures, "connection", "receive").inc()
         self._close(CloseCode.INTERNAL_ERROR)
         self.hub.close_session(self.session)
 
     def _handle(self, msg: Any) -> None:
-        self.gateway.metrics.messages_received.labels(_TYPE_NAMES[type(msg)]).inc()
+        child(self.gateway.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
         if isinstance(msg, Subscribe):
             self._subscribe(msg)
         elif isinstance(msg, Unsubscribe):
@@ -166,7 +167,7 @@ class ConnectionActor(GeventActor):
         if channel in BROKERED_CHANNELS:
             # One key; the channel confirms, with the position and whether the
             # missed publications since ``msg.since`` could be recovered.
-            request_id, counter = msg.request_id, self.gateway.metrics.messages_sent.labels("-", "subscribed")
+            request_id, counter = msg.request_id, child(self.gateway.metrics.messages_sent, "-", "subscribed")
 
             def confirm(recovered: bool | None, position: Any) -> str:
                 counter.inc()
@@ -202,7 +203,7 @@ class ConnectionActor(GeventActor):
         try:
             principal = self.gateway.settings.authenticator.verify(msg.token)
         except AuthError as exc:
-            self.gateway.metrics.auth_failures.labels(f"refresh_{exc.reason}").inc()
+            child(self.gateway.metrics.auth_failures, f"refresh_{exc.reason}").inc()
             self._error(ErrorCode.INVALID_TOKEN, exc.message, request_id=msg.request_id)
             return
         if principal.user_id != self.principal.user_id:

@@ -26,7 +26,7 @@ from actors.messages import CatchUp, Deliver, Join, Leave, Publish
 from brokers.broker import Broker, Position, Publication
 from brokers.memory import MemoryBroker
 from gateway.auth import Principal
-from metrics.definitions import Metrics
+from metrics.definitions import Metrics, child
 from protocol.channels import BROKERED_CHANNELS, ChannelKey
 from transport.socket import Outbox
 
@@ -118,8 +118,8 @@ class Hub:
             ref = ChannelActor.start(
                 key, name, on_idle=self._channel_idle, on_count=self._channel_count,
                 on_failed=self._channel_failed, broker=self.broker if brokered else None,
-                sent_counter=self.metrics.messages_sent.labels(name, "data"),
-                bytes_counter=self.metrics.bytes_queued.labels(name), idle_grace=self.channel_idle_grace,
+                sent_counter=child(self.metrics.messages_sent, name, "data"),
+                bytes_counter=child(self.metrics.bytes_queued, name), idle_grace=self.channel_idle_grace,
             )
             self.channels[key] = ref
         return ref
@@ -182,7 +182,7 @@ class Hub:
         return self.subscriber_counts.get(key, 0)
 
     def _channel_count(self, key: ChannelKey, count: int) -> None:
-        self.metrics.subscriptions.labels(_public_name(key)).inc(count - self.subscriber_counts.get(key, 0))
+        child(self.metrics.subscriptions, _public_name(key)).inc(count - self.subscriber_counts.get(key, 0))
         if count:
             self.subscriber_counts[key] = count
         else:
@@ -193,7 +193,7 @@ class Hub:
     def _channel_failed(self, key: ChannelKey, ref: Any, subscribers: dict[str, Outbox],
                         owners: dict[str, Any]) -> None:
         """A channel actor died: start its successor with the same subscribers."""
-        self.metrics.supervisor_failures.labels("channel", "receive").inc()
+        child(self.metrics.supervisor_failures, "channel", "receive").inc()
         if self.channels.get(key) is ref:
             del self.channels[key]
         if not subscribers:

@@ -30,7 +30,7 @@ from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
 from gateway.auth import AuthError, Principal
 from gateway.config import Settings
 from gateway.hub import ConnectionLimitExceeded, Hub, Session
-from metrics.definitions import Metrics
+from metrics.definitions import Metrics, child
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ProtocolError
 from protocol.messages import connection_message, parse
@@ -84,13 +84,13 @@ class Gateway:
         origin = environ.get("HTTP_ORIGIN")
         allowed = self.settings.allowed_origins
         if allowed and origin not in allowed:
-            self.metrics.auth_failures.labels("origin").inc()
+            child(self.metrics.auth_failures, "origin").inc()
             raise Rejection("403 Forbidden", "origin_not_allowed", "this origin may not connect")
         token, protocol = self._token(environ)
         try:
             principal = self.settings.authenticator.verify(token)
         except AuthError as exc:
-            self.metrics.auth_failures.labels(exc.reason).inc()
+            child(self.metrics.auth_failures, exc.reason).inc()
             raise Rejection("401 Unauthorized", f"token_{exc.reason}", exc.message) from None
         return Admission(principal, protocol, started)
 
@@ -113,7 +113,7 @@ class Gateway:
         return token, protocol
 
     def handshake_rejected(self, status: str) -> None:
-        self.metrics.handshake_rejections.labels(status).inc()
+        child(self.metrics.handshake_rejections, status).inc()
 
     # -- after the upgrade ---------------------------------------------------------
 
@@ -145,9 +145,9 @@ class Gateway:
         actor = ConnectionActor.start(self, session, conn)
         session.actor = actor
         conn.outbox.on_overflow = lambda: self._slow_consumer(actor)
-        self.metrics.connections.labels("open").inc()
+        child(self.metrics.connections, "open").inc()
         self.metrics.connections_opened.inc()
-        self.metrics.messages_sent.labels("-", "connection").inc()
+        child(self.metrics.messages_sent, "-", "connection").inc()
         conn.send_text(connection_message(
             session_id=session.session_id, user_id=principal.user_id, server_time=int(time.time() * 1000),
             heartbeat_ms=int(self.settings.heartbeat_interval * 1000),
@@ -171,7 +171,7 @@ class Gateway:
                 try:
                     parsed = parse(message)
                 except ProtocolError as exc:
-                    metrics.messages_received.labels("invalid").inc()
+                    child(metrics.messages_received, "invalid").inc()
                     actor.tell(Rejected(exc))
                     return
                 actor.tell(Inbound(parsed))
@@ -180,8 +180,8 @@ class Gateway:
 
         def on_end(closed: ConnectionClosed) -> None:
             if closed.by_server and closed.code in _FRAME_ERROR_CODES:
-                metrics.closes_sent.labels(str(closed.code)).inc()
-            metrics.connections.labels("open").dec()
+                child(metrics.closes_sent, str(closed.code)).inc()
+            child(metrics.connections, "open").dec()
             try:
                 actor.tell(Disconnected(closed.code))
             except pykka.ActorDeadError:
@@ -191,12 +191,12 @@ class Gateway:
             conn.finish()
             self._bytes_of_closed += conn.outbox.bytes_written
             if conn.outbox.dropped:
-                metrics.messages_dropped.labels("slow_consumer").inc(conn.outbox.dropped)
+                child(metrics.messages_dropped, "slow_consumer").inc(conn.outbox.dropped)
 
         conn.start_reading(on_message, on_end)
 
     def _refuse(self, conn: WebSocketConnection, code: CloseCode, reason: str) -> None:
-        self.metrics.closes_sent.labels(str(int(code))).inc()
+        child(self.metrics.closes_sent, str(int(code))).inc()
         conn.close(int(code), reason)
         conn.wait_closed()
         conn.finish()

@@ -10,8 +10,10 @@ their own with :func:`build` and read ``registry.get_sample_value``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +27,18 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["CallbackCounter", "Metrics", "build"]
+
+
+@functools.lru_cache(maxsize=8192)
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per label set.
+
+    prometheus-client validates the values and takes a lock on every
+    ``labels()`` call; on the per-connection and per-message paths a cached
+    child is a dict hit. Label sets here are bounded (docs/metrics.md), so
+    the cache is too.
+    """
+    return metric.labels(*values)
 
 
 class CallbackCounter:

@@ -247,7 +247,8 @@ class GatewayHandler(WebSocketHandler):
         return f'{client or "-"} "{method} {path}" {status} {self.response_length or "-"}'
 
     def log_request(self) -> None:
-        access_log.info(self.format_request())
+        if access_log.isEnabledFor(logging.INFO):  # the line is built only when it is written
+            access_log.info(self.format_request())
 
 
 class GatewayServer(WSGIServer):
