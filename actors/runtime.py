@@ -166,7 +166,10 @@ class GeventActor(pykka.Actor):
     def _start_actor_loop(self) -> None:
         if self.on_demand:
             self.actor_inbox.wake = self._wake
-            self._wake()  # on_start runs at once, as for any pykka actor
+            if type(self).on_start is pykka.Actor.on_start:
+                self._on_start_done = True  # nothing to run: no greenlet until the first message
+            else:
+                self._wake()  # on_start runs at once, as for any pykka actor
             return
         greenlet = Greenlet(self._actor_loop)
         greenlet.link(self._greenlet_exited)
