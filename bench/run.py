@@ -340,6 +340,16 @@ def start_simulator(rate_hz: float, log_dir: Path) -> tuple[subprocess.Popen[str
     return proc, int(line.rsplit(":", 1)[1])
 
 
+def start_redis() -> Any:
+    """A throwaway redis-server for WORKERS > 1 (the workers share state through it)."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server): several gateway "
+                           "processes need it; or pass --capacity-workers 1 --churn-workers 1 --gateway-workers 1")
+    from tests.redis_server import RedisServer
+
+    return RedisServer().start()
+
+
 def stop_popen(proc: subprocess.Popen[Any] | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.terminate()
@@ -511,9 +521,7 @@ class Bench:
         redis = None
         try:
             if a.gateway_workers > 1:
-                from tests.redis_server import RedisServer
-
-                redis = RedisServer().start()
+                redis = start_redis()
             gw = Gateway({"MARKET_SOURCE": "bybit", "BYBIT_WS_URL": f"ws://127.0.0.1:{sim_port}/v5/public",
                           # Upstream carries exactly what the clients subscribe to (no pinned popular pairs).
                           "MARKET_CATEGORIES": "spot", "POPULAR_PAIRS": ""},
@@ -703,9 +711,7 @@ class Bench:
         at the first step instead of measuring the rest."""
         redis = None
         if workers > 1:
-            from tests.redis_server import RedisServer
-
-            redis = RedisServer().start()
+            redis = start_redis()
         try:
             return self._capacity_gateway(steps, redis, workers, churn)
         finally:
