@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.redis_server import free_port_range
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PY = sys.executable
@@ -76,23 +78,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_range(n: int) -> int:
-    """A port p with p .. p + n - 1 all free on 127.0.0.1."""
-    for _ in range(100):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(n):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 20.0) -> None:

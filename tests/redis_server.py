@@ -17,6 +17,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_range(n: int) -> int:
+    """A port p with p .. p + n - 1 all free on 127.0.0.1 (a WORKERS=N gateway's public and own ports)."""
+    for _ in range(100):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 class RedisServer:
     def __init__(self) -> None:
         self.binary = require_tool("redis-server", install="apt-get install redis-server; .ci/run does it")

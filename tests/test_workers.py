@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,28 +21,11 @@ import pytest
 import websocket
 
 from tests.harness import ROOT, GatewayProcess
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, free_port_range
 
 SERVICE_KEY = "test-service-key-placeholder"
 
 
-def _free_ports(n: int) -> int:
-    """A port p with p .. p + n all free (the public port and each worker's own)."""
-    for _ in range(50):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(n + 1):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +37,7 @@ def redis():
 
 @pytest.fixture
 def pool(redis):
-    port = _free_ports(3)
+    port = free_port_range(3)
     gw = GatewayProcess({"WORKERS": "2", "PORT": str(port), "REDIS_URL": redis.url, "SERVICE_API_KEY": SERVICE_KEY,
                          "LOG_LEVEL": "INFO", "RESTART_BASE": "100", "RESTART_FLOOR": "50"}).start(timeout=30)
     yield gw
