@@ -147,7 +147,12 @@ class WorkerPool:
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop; the parent's whole life."""
-        self.start()
+        try:
+            self.start()
+        except RuntimeError as exc:
+            log.critical("cannot start the workers: %s", exc)
+            self.stop()  # the ones that did start
+            return 1
         log.info("listening on http://%s:%d (websocket path %s) with %d workers; worker i alone on port %d + i",
                  self.settings.host, self.settings.port, self.settings.ws_path, self.settings.workers,
                  self.settings.worker_ports_from)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,21 @@ def test_workers_without_redis_refuse_to_start():
     out = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "WORKERS > 1 needs REDIS_URL" in out.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_others(redis):
+    port = free_port_range(3)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port + 2))  # worker 1's own port is taken
+    blocker.listen()
+    env = {**os.environ, "WORKERS": "2", "PORT": str(port), "HOST": "127.0.0.1", "REDIS_URL": redis.url,
+           "JWT_SECRET": "x" * 40, "MARKET_SOURCE": "none", "LOG_FORMAT": "json"}
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        blocker.close()
+    assert out.returncode == 1
+    assert "cannot start the workers" in out.stderr
+    with pytest.raises(OSError):  # nothing is left listening on the public port
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
