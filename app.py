@@ -142,9 +142,9 @@ def build(settings: Settings, worker: int | None = None) -> System:
         health_checks=[supervision_health, broker_health],
         stats_sections=[lambda: ("bridge", market.stats()), lambda: ("supervisor", supervisor.status())],
     )
+
     def serve_on(listener: Any) -> GatewayServer:
-        server = GatewayServer(listener, app, log=None,
-                            error_log=logging.getLogger("gateway.wsgi"))
+        server = GatewayServer(listener, app, log=None, error_log=logging.getLogger("gateway.wsgi"))
         server.gateway = gateway
         server.handshake_timeout = settings.connection_timeout
         return server
