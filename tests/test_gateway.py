@@ -506,6 +506,9 @@ def test_first_frame_sent_with_the_request_head_is_answered(gw):
 def test_upgrade_request_with_a_body_is_400(gw):
     sock, head = raw_upgrade(gw.port, f"/ws?token={gw.token('pia')}", {"Content-Length": "5"})
     assert head.startswith("HTTP/1.1 400")
+    length = int(next(line.split(":")[1] for line in head.split("\r\n") if line.lower().startswith("content-length")))
+    assert json.loads(sock.recv_exact(length)) == {"error": "bad_handshake",
+                                                   "message": "a websocket upgrade request has no body"}
     sock.close()
 
 
