@@ -13,9 +13,12 @@ stream actor → bridge → channel actor → each connection's outbox → socke
                      gateway (``data.receivedAt``) to the client's receive.
                      Peers: the same per-client rate and message size.
   c  capacity        authenticated, subscribed, idle connections with
-                     heartbeats: resident memory per connection (gateway and peers).
+                     heartbeats: resident memory per connection (gateway and peers;
+                     the gateway as --capacity-workers processes on one port over
+                     a redis-server, RSS summed over all of them).
   d  churn           connect + authenticate + subscribe + close per second
-                     while the first capacity step's connections stay open.
+                     while the first capacity step's connections stay open, on a
+                     gateway of its own per --churn-workers process count.
   e  slow consumers  as b, with 1% of clients not reading: the others' p99
                      and delivered rate, what the slow ones get, gateway memory.
 
