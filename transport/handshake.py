@@ -22,6 +22,7 @@ __all__ = [
     "RequestHead",
     "check_upgrade",
     "parse_request_head",
+    "rejection_body",
     "rejection_response",
     "upgrade_response",
 ]
