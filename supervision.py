@@ -2,9 +2,10 @@
 
 pykka has no supervision (jodal/pykka#42), and a stopped pykka actor can never
 be restarted: a restart here is a *new* actor with a new URN and an empty
-inbox. This module makes that safe (design: ../shared/reference/supervision.md
-§7). It is the control plane only: steady-state traffic goes straight to the
-children through :class:`ChildHandle`, never through the supervisor.
+inbox. This module makes that safe (pykka's failure rules: docs/stack-notes.md;
+the operator's view: docs/operations.md). It is the control plane only:
+steady-state traffic goes straight to the children through
+:class:`ChildHandle`, never through the supervisor.
 
 The module has two sections:
 
@@ -37,7 +38,7 @@ Restart types by tier (one-for-one under the root supervisor):
   dynamic: no per-channel metric series.
 * connections: ``TEMPORARY``: never restarted, the client reconnects.
 
-How a child dies, and how it is seen (pykka's blind spots, NOTES.md):
+How a child dies, and how it is seen (pykka's blind spots, docs/stack-notes.md):
 
 =====================================  ======================================
 tell handler raises                    pykka ``_handle_failure`` (+on_failure)

@@ -18,7 +18,7 @@ Two more holes are closed here, because every actor of ours needs them:
   an ask).
 * **Actors that are not in pykka's registry.** The registry is a list
   searched linearly; with 50,000 connections registered, starting and
-  stopping an actor falls to about 150/s (../shared/NOTES.md). Classes with
+  stopping an actor falls to about 150/s (docs/stack-notes.md). Classes with
   ``registered = False`` skip it; whoever starts them keeps the reference.
 
 Greenlet death outside a handler (killed while idle, an exception escaping

@@ -18,6 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+# Frames under the checkout are shown relative to it, wherever it was cloned.
+_CHECKOUT = str(Path(__file__).resolve().parents[1]) + "/"
+
 __all__ = ["PySpy", "summarize"]
 
 _LINE = re.compile(r":\d+\)$")
@@ -31,7 +34,7 @@ def _py_spy() -> str | None:
 def _frame(frame: str) -> str:
     """``sendall (/…/site-packages/gevent/_socketcommon.py:699)`` → ``sendall (gevent/_socketcommon.py)``."""
     frame = _LINE.sub(")", frame.strip())
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", _CHECKOUT, "lib/python3.11/"):
         if marker in frame:
             name, _, path = frame.partition(" (")
             return f"{name} ({path.split(marker, 1)[1]}"

@@ -4,7 +4,7 @@ A plain object, not an actor: gevent runs one greenlet at a time, and none of
 these methods yields, so a check-then-act here (the per-user connection
 limit) is atomic — when many connections of one user arrive together,
 exactly the limit succeed. Lookups are dicts, whatever the number of
-connections (pykka's registry is a list searched linearly, NOTES.md).
+connections (pykka's registry is a list searched linearly, docs/stack-notes.md).
 
 Channel actors are started on the first subscribe and remove themselves
 after their last subscriber has been gone for a grace period.

@@ -6,9 +6,9 @@ Sources: Bybit's docs (repository ``bybit-exchange/docs`` @072c197d,
 (``docs/v5/websocket/wss-authentication.mdx``), the public topic pages
 ``/docs/v5/websocket/public/{ticker,trade,orderbook,kline}`` and
 ``/docs/v5/rate-limit``; observed frames are credited where used. Recorded
-examples of every frame handled here are in ``shared/fixtures/bybit-v5``.
+examples of every frame handled here are in ``tests/fixtures/bybit-v5``.
 
-What bites (details in ``shared/reference/bybit-v5-protocol.md``):
+What bites (details in ``docs/bybit-v5.md``):
 
 * Acks and pongs have three shapes: spot, linear/inverse, option.
 * Spot takes at most 10 args per subscribe request (``"args size >10"``).

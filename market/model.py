@@ -11,7 +11,7 @@ here and ``null`` in JSON: every key is always present, so each shape is
 stable.
 
 JSON shapes clients receive (the values are from the recorded Bybit frames
-in ``shared/fixtures/bybit-v5``)::
+in ``tests/fixtures/bybit-v5``)::
 
     Ticker       {"symbol": "BTCUSDT", "category": "linear",
                   "lastPrice": "66666.60",

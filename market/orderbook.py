@@ -1,7 +1,7 @@
 """A local order book kept from snapshots and deltas, with gap detection.
 
 Rules (Bybit docs, orderbook page, and recorded traffic; see
-``shared/reference/bybit-v5-protocol.md`` §3):
+``docs/bybit-v5.md`` §3):
 
 * A snapshot replaces the book, whatever its ``u``. That covers the first
   snapshot, a resubscribe, a level-1 book (snapshots only, repeated with the

@@ -1,7 +1,7 @@
 """One client WebSocket connection: a reader loop, one writer greenlet, a bounded queue.
 
 Only the writer greenlet writes to the socket (two greenlets writing one
-gevent socket raise ``ConcurrentObjectUseError``, ../shared/NOTES.md), and
+gevent socket raise ``ConcurrentObjectUseError``, docs/stack-notes.md), and
 it writes everything queued in one ``sendall``. Everyone else calls
 :meth:`Connection.send`, which never blocks: a client that stops reading
 fills its own queue and is dropped, and nobody else waits for it.

@@ -6,7 +6,7 @@ client frames (masked, fragmented, with control frames interleaved, §5.4).
 The server writes bytes this module builds and feeds it bytes it reads.
 
 Own framing instead of gevent-websocket 0.10.1, because that library cannot
-send a close code (``close(1008)`` arrives as 1005, ../shared/NOTES.md) and
+send a close code (``close(1008)`` arrives as 1005, docs/stack-notes.md) and
 the ``close`` fault must send real codes.
 """
 
@@ -216,7 +216,7 @@ def parse_close_payload(payload: bytes) -> tuple[int | None, str]:
 
 def _unmask(data: bytes, mask: bytes) -> bytes:
     # XOR as one big integer: far faster in CPython than a per-byte loop
-    # (NOTES.md: gevent-websocket's byte loop costs 40-60 ms per 200 KB).
+    # (docs/stack-notes.md: gevent-websocket's byte loop costs 40-60 ms per 200 KB).
     n = len(data)
     if n == 0:
         return data

@@ -3,7 +3,7 @@
 Every builder returns a ``dict`` whose key order is the order Bybit sends
 (JSON key order differs by market; parsers should not care, but a fake
 exchange should not teach them to). Sources are the fixtures in
-``/work/shared/fixtures/bybit-v5/`` and ``reference/bybit-v5-protocol.md``.
+``tests/fixtures/bybit-v5/`` and ``docs/bybit-v5.md``.
 
 Replies to requests (one per request, never one per topic)::
 

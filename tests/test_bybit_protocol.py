@@ -51,7 +51,7 @@ from market.model import (
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "bybit-v5"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bybit-v5"
 
 D = Decimal
 

@@ -7,7 +7,7 @@ tests run the server in-process: plain gevent here, and under
 ``gevent.monkey.patch_all()`` in a child process.
 
 Reply shapes are checked against the recorded frames in
-``/work/shared/fixtures/bybit-v5/``: same keys, same order, same value types.
+``tests/fixtures/bybit-v5/``: same keys, same order, same value types.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from simulator.protocol import Category, SymbolPolicy, Topic, TopicKind
 from simulator.server import SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path("/work/shared/fixtures/bybit-v5")
+FIXTURES = ROOT / "tests" / "fixtures" / "bybit-v5"
 RATE_HZ = 50  # one update every 20 ms per topic: tests wait milliseconds, not seconds
 
 
@@ -53,9 +53,6 @@ def fixture(name: str) -> dict[str, Any]:
 def shape(message: dict[str, Any]) -> list[tuple[str, type]]:
     """Keys in order with their value types: what "the same shape" means here."""
     return [(k, type(v)) for k, v in message.items()]
-
-
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared Bybit fixtures not present")
 
 
 # --- pure: frames ---------------------------------------------------------------------------
@@ -100,7 +97,6 @@ def test_encode_frame_lengths_and_close_payload():
 # --- pure: protocol -------------------------------------------------------------------------
 
 
-@needs_fixtures
 def test_reply_shapes_equal_the_recorded_ones():
     spot, linear = Category.SPOT, Category.LINEAR
     assert shape(protocol.ack(spot, "subscribe", "c", "10001")) == shape(fixture("subscribe_ok"))
@@ -384,7 +380,6 @@ def subscribe(ws: WebSocket, *args: str, **extra: Any) -> dict[str, Any]:
     return recv_until(ws, is_reply)
 
 
-@needs_fixtures
 def test_subscribe_ack_and_pong_shapes_match_bybit(connect):
     spot, linear = connect("spot"), connect("linear")
     ack = subscribe(spot, "tickers.BTCUSDT", req_id="10001")
@@ -419,7 +414,6 @@ def test_spot_rejects_more_than_ten_args_and_linear_does_not(connect):
     assert subscribe(connect("linear"), *args)["success"] is True
 
 
-@needs_fixtures
 def test_invalid_symbols_fail_with_each_markets_shape(connect):
     spot = subscribe(connect("spot"), "tickers.XINVALIDUSDT")
     assert shape(spot) == shape(fixture("subscribe_fail_spot_invalid_symbol"))
@@ -435,7 +429,6 @@ def test_invalid_symbols_fail_with_each_markets_shape(connect):
     assert dup["ret_msg"] == "error:already subscribed,topic:kline.1.BTCUSDT" and dup["success"] is False
 
 
-@needs_fixtures
 @pytest.mark.parametrize("category", ["spot", "linear"])
 def test_every_topic_streams_with_bybits_types(connect, category):
     ws = connect(category)

@@ -14,7 +14,7 @@ from market.bybit import normalize, parse
 from market.model import TICKER_FIELDS, Category, Ticker, TickerUpdate
 from market.ticker import TickerBook
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "bybit-v5"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bybit-v5"
 
 D = Decimal
 

@@ -1,7 +1,7 @@
 """RFC 6455 framing, with no I/O: bytes in, typed values out.
 
 gevent-websocket 0.10.1 gets several things wrong that a gateway cannot live
-with (../shared/NOTES.md): close codes are never sent, frame sizes are not
+with (docs/stack-notes.md): close codes are never sent, frame sizes are not
 bounded, unmasked client frames are accepted and unmasking runs byte by byte
 in Python. The socket layer (``transport/socket.py``) uses this module
 instead of gevent-websocket's ``WebSocket`` for every frame it reads or

@@ -8,7 +8,7 @@ in pywsgi but does the upgrade itself, because the library's version:
 * logs a rejected handshake's query string, token included;
 * sends 101 before the application can refuse the request, so a bad token
   could only be answered after the upgrade;
-* under Werkzeug 3, lets Flask answer 400 after the 101 (NOTES.md): ``/ws``
+* under Werkzeug 3, lets Flask answer 400 after the 101 (docs/stack-notes.md): ``/ws``
   never reaches Flask here.
 
 A connection's first request head is read here: a WebSocket upgrade for a

@@ -3,7 +3,7 @@
 This replaces gevent-websocket's ``WebSocket`` object after the handshake
 (see ``transport/handler.py``), because the library's version cannot send
 close codes, reads frames of any size, accepts unmasked frames and lets two
-greenlets write one socket (../shared/NOTES.md).
+greenlets write one socket (docs/stack-notes.md).
 
 * :class:`WebSocketConnection` reads in event-loop callbacks, without a
   greenlet: it parses with :class:`transport.frames.FrameReader` (message

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.procs import PY, Gateway, JsonProc, raise_nofile, rss_kib
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -78,8 +80,8 @@ def main() -> None:
     print(f"{'KiB/conn':>9} {'blocks/conn':>11}  allocated at")
     for s in stats[:30]:
         frame = s.traceback[0]
-        print(f"{s.size_diff / 1024 / n:9.2f} {s.count_diff / n:11.1f}  {frame.filename.split('/work/main/')[-1]}"
-              f":{frame.lineno}")
+        where = frame.filename.removeprefix(f"{CHECKOUT}/")
+        print(f"{s.size_diff / 1024 / n:9.2f} {s.count_diff / n:11.1f}  {where}:{frame.lineno}")
 
 
 if __name__ == "__main__":
