@@ -48,7 +48,8 @@ BEARER_PREFIX = "bearer."
 _PING_FRAME = encode_frame(Opcode.PING, b"")
 # Closes decided by the frame reader (transport/), counted here; the others are counted where decided.
 _FRAME_ERROR_CODES = frozenset({1002, 1007, 1009})
-SLOW_SWEEP_EVERY = 10.0  # seconds between queue-depth samples and broker connection refreshes
+SLOW_SWEEP_EVERY = 10.0  # seconds between queued-bytes samples and broker connection refreshes
+LIVENESS_STALL = 5  # sweep ticks without a sweep before /livez answers 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class Gateway:
         self.ws_paths = frozenset({settings.ws_path, ECHO_PATH} if settings.test_echo_route else {settings.ws_path})
         self.draining = False
         self._sweeper: gevent.Greenlet | None = None
+        # Liveness (/livez): when the sweeper last ran, and how late the event loop woke it.
+        self.last_sweep = time.monotonic()
+        self.loop_lag = 0.0
         # ws_bytes_sent: what ended connections wrote, plus the open ones' counts, read at scrape time.
         self._bytes_of_closed = 0
         metrics.bytes_sent.source = lambda: self._bytes_of_closed + sum(
@@ -222,9 +226,32 @@ class Gateway:
     def start_sweeper(self) -> None:
         self._sweeper = gevent.spawn(self._sweep_forever)
 
+    @property
+    def sweep_tick(self) -> float:
+        s = self.settings
+        return max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the event loop runs and the sweeper (pings, silence and expiry closes) keeps its beat.
+
+        A sweeper that died, or an event loop blocked for ``LIVENESS_STALL``
+        sweep ticks (at least 5 s), is not alive: only a restart helps.
+        """
+        since = time.monotonic() - self.last_sweep
+        stalled_after = max(5.0, LIVENESS_STALL * self.sweep_tick)
+        dead = self._sweeper is not None and self._sweeper.dead
+        alive = not dead and since < stalled_after
+        detail = {"status": "alive" if alive else "stalled", "lastSweepMsAgo": round(since * 1000),
+                  "loopLagMs": round(self.loop_lag * 1000, 1)}
+        if dead:
+            detail["reason"] = "the liveness sweeper has stopped"
+        elif not alive:
+            detail["reason"] = f"no sweep for {since:.1f} s (the event loop is blocked or starved)"
+        return alive, detail
+
     def _sweep_forever(self) -> None:
         s = self.settings
-        tick = max(0.05, min(s.sweep_interval, s.heartbeat_interval, s.silence_timeout))
+        tick = self.sweep_tick
         # Pings are spread over the heartbeat interval: each sweep pings one
         # bucket of connections, not all of them at once (a burst of 10,000
         # pings every interval showed up as latency and lost connects/s).
@@ -232,8 +259,11 @@ class Gateway:
         next_sample = time.monotonic() + SLOW_SWEEP_EVERY
         turn = 0
         while True:
+            asleep = time.monotonic()
             gevent.sleep(tick)
             now = time.monotonic()
+            self.loop_lag = max(0.0, now - asleep - tick)
+            self.last_sweep = now
             sample = now >= next_sample
             if sample:
                 next_sample = now + SLOW_SWEEP_EVERY
@@ -244,7 +274,7 @@ class Gateway:
         """Close the silent and the expired; ping the connections of ``ping_bucket`` (turn, buckets)."""
         s = self.settings
         turn, buckets = ping_bucket if ping_bucket is not None else (-1, 1)
-        depth = self.metrics.queue_depth
+        queued = self.metrics.queue_bytes
         # One pass over every connection each tick: the comparisons are hoisted out of it.
         silent_before = gevent.get_hub().loop.now() - s.silence_timeout
         expired_before = time.time() - s.authenticator.leeway
@@ -260,7 +290,8 @@ class Gateway:
             elif session.ping_bucket % buckets == turn:
                 conn.outbox.push_control(ping)
             if sample:
-                depth.observe(conn.outbox.depth)
+                # Bytes, as counted against WS_QUEUE_BYTES (the 4001 limit).
+                queued.observe(conn.outbox.queued_bytes)
         if sample:
             # Keep this node's connections counted in the broker (they expire if it dies).
             self.hub.broker.refresh_connections(

@@ -82,7 +82,7 @@ class Metrics:
     bytes_received: Counter
     bytes_queued: Counter
     fanout_latency_seconds: Histogram
-    queue_depth: Histogram
+    queue_bytes: Histogram
     # --- supervision (section owned by supervision.py) ----------------------
     supervisor_restarts: Counter
     supervisor_failures: Counter
@@ -97,6 +97,8 @@ class Metrics:
     exchange_messages: Counter
     exchange_connected: Gauge
     exchange_lag_seconds: Gauge
+    # --- the broker ---------------------------------------------------------
+    redis_connected: Gauge
 
 
 def build(registry: CollectorRegistry | None = None) -> Metrics:
@@ -137,9 +139,14 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
             "Exchange frame received by the gateway to the client socket write (sampled)", registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         ),
-        queue_depth=Histogram(
-            "ws_connection_queue_depth", "Frames waiting in each connection's outbound queue (sampled per sweep)",
-            registry=r, buckets=(0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+        # Bytes, the unit of WS_QUEUE_BYTES (1 MiB by default): a connection whose
+        # queue would pass that limit is closed with 4001. Buckets resolve the
+        # approach to the default limit and go past it for larger settings.
+        queue_bytes=Histogram(
+            "ws_connection_queue_bytes",
+            "Bytes waiting in each connection's outbound queue, the amount WS_QUEUE_BYTES limits "
+            "(every connection sampled each slow sweep)",
+            registry=r, buckets=(0, 1024, 4096, 16384, 65536, 262144, 524288, 786432, 1048576, 4194304, 16777216),
         ),
     )
     # --- supervision (section owned by supervision.py) ----------------------
@@ -182,6 +189,13 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
         exchange_lag_seconds=Gauge("ws_exchange_lag_seconds",
                                    "Median of receive time minus exchange timestamp over recent frames",
                                    ["exchange", "category"], registry=r),
+    )
+    # --- the broker ---------------------------------------------------------
+    # Registered only with REDIS_URL (app.py): without Redis the series is
+    # absent rather than a 0 that would read as an outage.
+    m.update(
+        redis_connected=Gauge("ws_redis_connected", "1 while this node's connection to Redis (REDIS_URL) is up",
+                              registry=None),
     )
     names = {f.name for f in fields(Metrics)}
     return Metrics(**{k: v for k, v in m.items() if k in names})

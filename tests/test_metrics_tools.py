@@ -9,8 +9,12 @@ a close code, then:
   every second and evaluates ``metrics/alerts.yml``: the rules load, evaluate
   without error, and none is pending or firing against a healthy gateway;
 * ``promtool check rules`` and ``promtool test rules metrics/alerts_test.yml``;
+* every alert has a ``runbook_url`` whose anchor is a heading of the
+  "Alert runbooks" section of ``docs/operations.md``;
 * every PromQL expression of ``metrics/grafana-dashboard.json`` names only
-  series the scrape really has, and evaluates on that Prometheus.
+  series the scrape really has, selects ``job=~"$job"``, and evaluates on that
+  Prometheus; every panel takes its data source from the ``datasource``
+  variable and has a unit that fits its queries.
 
 Without ``promtool``/``prometheus`` on PATH these tests skip, or fail when
 ``GATEWAY_REQUIRE_TOOLS=1`` (CI sets it; ``.ci/run`` installs the package).
@@ -45,6 +49,14 @@ ALERTS = ROOT / "metrics" / "alerts.yml"
 ALERT_TESTS = ROOT / "metrics" / "alerts_test.yml"
 DASHBOARD = ROOT / "metrics" / "grafana-dashboard.json"
 DOCS = (ROOT / "docs" / "metrics.md", ROOT / "docs" / "operations.md")
+RUNBOOKS = ROOT / "docs" / "operations.md"
+# Every runbook_url is this + "#" + the alert's heading anchor. A placeholder operators
+# replace when installing the rules (docs/metrics.md says how): Alertmanager needs an
+# absolute URL, and the repository's own address is not known here.
+RUNBOOK_BASE = "https://git.example.com/trading-ws-gateway/blob/main/docs/operations.md"
+# What every panel and query of the dashboard uses: the `datasource` variable, which
+# works with file provisioning (an `__inputs` placeholder is resolved only by the import dialog).
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 JOB = "ws-gateway"  # the job name alerts.yml expects
 WAIT = 15.0  # every wait below is bounded by this
 
@@ -350,8 +362,10 @@ def test_prometheus_scrapes_the_gateway(prom: Prometheus, gw: GatewayProcess) ->
     assert float(opened["value"][1]) >= 3  # two clients that stay, one closed with 1003
     connected = {r["metric"]["category"]: r["value"][1] for r in prom.query("ws_exchange_connected")}
     assert connected == {"spot": "1", "linear": "1"}
-    # WsGatewayRestarted watches this `_created` series: it must reach Prometheus.
-    assert prom.query("ws_connections_opened_created")
+    # The restart alerts watch the process start time (not a `_created` series, which
+    # PROMETHEUS_DISABLE_CREATED_SERIES switches off): it must reach Prometheus.
+    [start] = prom.query(f'process_start_time_seconds{{job="{JOB}"}}')
+    assert time.time() - 600 < float(start["value"][1]) <= time.time(), start
 
 
 def test_alert_rules_evaluate_and_stay_quiet_on_a_healthy_gateway(prom: Prometheus, scrape: tuple[str, str]) -> None:
@@ -368,6 +382,8 @@ def test_alert_rules_evaluate_and_stay_quiet_on_a_healthy_gateway(prom: Promethe
         assert rule["health"] == "ok", (alert, rule.get("lastError"))
         assert rule["labels"].get("severity") in {"critical", "warning"}, alert
         assert rule["annotations"].get("summary") and len(rule["annotations"].get("description", "")) > 80, alert
+        assert rule["annotations"].get("runbook_url") == f"{RUNBOOK_BASE}#{github_anchor(alert)}", alert
+        assert "_created" not in rule["query"], alert  # can be switched off: never alert on it
         used, labels = promql_names(rule["query"])
         assert used <= set(names), (alert, used - set(names))
         known = set().union(*(names[n] for n in used))
@@ -402,22 +418,135 @@ def test_promtool_alert_unit_tests(promtool: str) -> None:
     assert tested == defined, defined ^ tested
 
 
+# -- runbooks -------------------------------------------------------------------------------------
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading (github-slugger): the text as rendered
+    (link targets and backticks gone), lower case, everything but letters, digits, ``_``,
+    ``-`` and spaces removed, spaces turned into ``-``. GitLab and Gitea agree for
+    headings like ours."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def markdown_headings(text: str) -> list[tuple[int, str, str]]:
+    """(level, text, anchor) of every ATX heading outside code fences, in order; a repeated
+    anchor gets ``-1``, ``-2``... as on GitHub."""
+    out, seen, fence = [], {}, None
+    for line in text.splitlines():
+        marker = re.match(r"\s{0,3}(`{3,}|~{3,})", line)
+        if marker:
+            if fence is None:
+                fence = marker.group(1)[0]
+            elif marker.group(1)[0] == fence:
+                fence = None
+            continue
+        heading = re.match(r"\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$", line)
+        if fence is None and heading:
+            anchor = github_anchor(heading.group(2))
+            count = seen.get(anchor, 0)
+            seen[anchor] = count + 1
+            out.append((len(heading.group(1)), heading.group(2), anchor if not count else f"{anchor}-{count}"))
+    return out
+
+
+def runbook_urls() -> dict[str, str | None]:
+    """alert name -> its runbook_url annotation, read from alerts.yml (no YAML library in the
+    project: each rule is a `- alert:` block; the Prometheus test checks the parsed rules too)."""
+    out: dict[str, str | None] = {}
+    for block in re.split(r"^\s*- alert: ", ALERTS.read_text(), flags=re.M)[1:]:
+        name = block.split()[0]
+        url = re.search(r"^\s+runbook_url:\s*['\"]?([^'\"\s]+)['\"]?\s*$", block, re.M)
+        out[name] = url.group(1) if url else None
+    return out
+
+
+def test_github_anchor() -> None:
+    assert github_anchor("WsGatewayDown") == "wsgatewaydown"
+    assert github_anchor("Alert runbooks") == "alert-runbooks"
+    assert github_anchor("Reading the supervisor's log") == "reading-the-supervisors-log"
+    assert github_anchor("(a) burst fan-out, one symbol") == "a-burst-fan-out-one-symbol"
+    assert github_anchor("Tickers (`tickers.{symbol}`)") == "tickers-tickerssymbol"
+    assert github_anchor("Alert rules (`metrics/alerts.yml`)") == "alert-rules-metricsalertsyml"
+    text = "# A\n```\n# not a heading\n```\n## B b\n### B b\n"
+    assert markdown_headings(text) == [(1, "A", "a"), (2, "B b", "b-b"), (3, "B b", "b-b-1")]
+
+
+def test_every_alert_links_to_its_runbook() -> None:
+    urls = runbook_urls()
+    assert len(urls) == len(re.findall(r"^\s*- alert: ", ALERTS.read_text(), re.M)) >= 13
+    headings = markdown_headings(RUNBOOKS.read_text())
+    anchors = {anchor for _level, _text, anchor in headings}
+    # The `### <AlertName>` headings of the "Alert runbooks" section (up to the next `##`).
+    [start] = [i for i, (level, text, _a) in enumerate(headings) if level == 2 and text == "Alert runbooks"]
+    section = []
+    for level, text, anchor in headings[start + 1:]:
+        if level <= 2:
+            break
+        if level == 3:
+            section.append((text, anchor))
+    for alert, url in urls.items():
+        assert url, f"{alert} has no runbook_url annotation"
+        parts = urllib.parse.urlsplit(url)
+        assert parts.scheme == "https" and parts.netloc, f"{alert}: {url} is not an absolute URL"
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_BASE, f"{alert}: {base} is not the documented base"
+        assert anchor in anchors, f"{alert}: no heading of docs/operations.md has the anchor #{anchor}"
+        assert (alert, anchor) in section, f"{alert}: #{anchor} is not its section under 'Alert runbooks'"
+    assert sorted(text for text, _a in section) == sorted(urls), "one runbook section per alert, no other"
+    assert RUNBOOK_BASE in (ROOT / "docs" / "metrics.md").read_text(), "docs/metrics.md names the base"
+
+
+def test_no_alert_relies_on_created_series() -> None:
+    # `_created` series disappear with PROMETHEUS_DISABLE_CREATED_SERIES=True; the
+    # restart alerts use process_start_time_seconds of the gateway's job.
+    exprs = re.findall(r"^\s+expr: (\|\n(?:\s{10,}.*\n)+|.*\n)", ALERTS.read_text(), re.M)
+    assert len(exprs) == len(runbook_urls())
+    assert not [e for e in exprs if "_created" in e], "an alert on a `_created` series"
+    restarts = [e for e in exprs if "process_start_time_seconds" in e]
+    assert len(restarts) == 2 and all(f'process_start_time_seconds{{job="{JOB}"}}' in e for e in restarts)
+
+
 # -- the Grafana dashboard ------------------------------------------------------------------------
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, rows included, and the panels inside collapsed rows."""
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
 
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
-    for panel in dashboard["panels"]:
+    for panel in dashboard_panels(dashboard):
         for target in panel.get("targets", []):
             out.append((panel["title"], target["expr"]))
     return out
 
 
+# Grafana's variables as Grafana fills them for "All" and a short range: `job` has no
+# custom "All" value (it expands to the jobs found), `instance` has ".+".
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".+", "$job": f"({JOB})"}
+
+
+def grafana_fill(expr: str) -> str:
+    concrete = re.sub(r"\$\{(\w+)\}", r"$\1", expr)
+    for variable, value in GRAFANA_VARIABLES.items():
+        concrete = concrete.replace(variable, value)
+    assert "$" not in concrete, f"a variable the test does not fill: {expr}"
+    return concrete
+
+
 def test_dashboard_is_an_importable_grafana_dashboard() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
     assert 36 <= dashboard["schemaVersion"] <= 41
     assert dashboard["id"] is None and dashboard["uid"]
-    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
-    ids = [p["id"] for p in dashboard["panels"]]
+    # Nothing only the import dialog resolves: file provisioning loads the file as it is.
+    assert "__inputs" not in dashboard and "${DS_" not in text, "import-only data source placeholders"
+    ids = [p["id"] for p in dashboard_panels(dashboard)]
     assert len(ids) == len(set(ids))
     cells: set[tuple[int, int]] = set()
     for panel in dashboard["panels"]:
@@ -426,13 +555,76 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
         area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
+    for panel in dashboard_panels(dashboard):
         if panel["type"] != "row":
-            assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, panel["title"]
+            assert panel["datasource"] == DATASOURCE, panel["title"]
             assert panel["targets"], panel["title"]
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == "${DS_PROMETHEUS}" and target["refId"], panel["title"]
-    for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] == "${DS_PROMETHEUS}"
+                assert target["datasource"] == DATASOURCE and target["refId"], panel["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables)[:1] == ["datasource"], "the data source variable comes first: the others use it"
+    datasource = variables["datasource"]
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus"), datasource
+    for name, variable in variables.items():
+        if name != "datasource":
+            assert variable["type"] == "query" and variable["datasource"] == DATASOURCE, name
+    job = variables["job"]
+    assert job["multi"] and job["includeAll"] and "allValue" not in job, "All = the gateway jobs found"
+    assert "$job" in variables["instance"]["definition"], "instances of the selected jobs"
+
+
+_RATE_UNITS = {"ops", "reqps"}
+
+
+def expected_units(expr: str) -> set[str] | None:
+    """The units a panel showing ``expr`` may have; None when any count-like unit fits."""
+    names, _labels = promql_names(expr)
+    if "process_cpu_seconds_total" in names:
+        return {"percentunit"}  # CPU seconds per second: the fraction of one core busy
+    if "histogram_quantile(" in expr:
+        [bucket] = {n for n in names if n.endswith("_bucket")}
+        return {"s"} if "_seconds_" in bucket else {"bytes"} if "_bytes_" in bucket else None
+    if re.search(r"\brate\(", expr):
+        return {"Bps"} if any("bytes" in n for n in names) else _RATE_UNITS
+    if re.search(r"\b(?:changes|increase|count|resets)\(", expr):
+        return None  # counts of events or series
+    if names and all(n.endswith("_seconds") for n in names):
+        return {"s"}
+    if names and all(n.endswith("_bytes") for n in names):
+        return {"bytes"}
+    return None
+
+
+def test_dashboard_selects_the_job_everywhere_and_gives_units() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard_panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        title = panel["title"]
+        expected = set()
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert "$job" in expr, f"{title}: {expr}"
+            # Every series the query reads is selected with job=~"$job", not just one of them.
+            bare = _MATCHERS.sub("{}", _STRING.sub('""', expr))
+            for name in promql_names(expr)[0]:
+                word = rf"(?<![\w:$.]){re.escape(name)}(?![\w:])"
+                selectors = re.findall(word + r"\s*\{([^}]*)\}", expr)
+                with_job = [m for m in selectors if re.search(r'\bjob=~"\$job"', m)]
+                assert len(with_job) == len(re.findall(word, bare)), f"{title}: {name} without job=~\"$job\""
+            units = expected_units(expr)
+            if units is not None:
+                expected.add(frozenset(units))
+        unit = panel["fieldConfig"]["defaults"].get("unit")
+        assert unit, f"{title}: no unit (fieldConfig.defaults.unit)"
+        assert len(expected) <= 1, f"{title}: queries of different units in one panel: {expected}"
+        if expected:
+            [allowed] = expected
+            assert unit in allowed, f"{title}: unit {unit!r}, expected one of {sorted(allowed)}"
+        if panel["type"] == "heatmap":  # the bucket axis has the unit of the histogram
+            [bucket] = {n for t in panel["targets"] for n in promql_names(t["expr"])[0] if n.endswith("_bucket")}
+            axis = "bytes" if "_bytes_" in bucket else "s" if "_seconds_" in bucket else "short"
+            assert panel["options"]["yAxis"]["unit"] == axis, title
 
 
 def test_dashboard_queries_name_real_series_and_evaluate(prom: Prometheus, scrape: tuple[str, str]) -> None:
@@ -443,8 +635,15 @@ def test_dashboard_queries_name_real_series_and_evaluate(prom: Prometheus, scrap
     sampled = sampled_series(text) | {"up"}
     on_dashboard: set[str] = set()
     for variable in dashboard["templating"]["list"]:
-        metric = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["definition"])
-        assert metric and metric.group(1) in names and metric.group(2) in names[metric.group(1)], variable
+        if variable["type"] == "datasource":
+            continue
+        query = re.fullmatch(r"label_values\((\w+)(\{[^}]*\})?, *(\w+)\)", variable["definition"])
+        assert query, variable["definition"]
+        metric, selector, label = query.groups()
+        assert metric in names and label in names[metric], variable["definition"]
+        # What Grafana asks Prometheus for the variable's values, with the variables it uses filled in.
+        values = prom.api(f"label/{label}/values", **{"match[]": grafana_fill(metric + (selector or ""))})
+        assert values, f"variable {variable['name']}: {variable['definition']} has no values"
     for title, expr in dashboard_exprs(dashboard):
         used, labels = promql_names(expr)
         assert used, (title, expr)
@@ -452,14 +651,28 @@ def test_dashboard_queries_name_real_series_and_evaluate(prom: Prometheus, scrap
         known = set().union(*(names[n] for n in used))
         assert labels <= known, f"{title}: labels {sorted(labels - known)} not on {sorted(used)}"
         on_dashboard |= {series[n][0] for n in used if n in series}
-        # Grafana's variables as Grafana would fill them for "All" and a short range.
-        concrete = expr.replace("$__rate_interval", "1m").replace("$instance", ".+")
+        concrete = grafana_fill(expr)
         result = prom.query(concrete)
         if used <= sampled:  # every series it reads has samples: it must return something
             assert result, f"{title}: {concrete} returned nothing"
-    # The standard process collectors' start time, virtual memory, python_info
+    # The standard process collectors' virtual memory, python_info
     # and GC object counts need no panel of their own.
     families = {f.name for f in metric_families(text)} - {
-        "process_start_time_seconds", "process_virtual_memory_bytes", "python_info",
+        "process_virtual_memory_bytes", "python_info",
         "python_gc_objects_collected", "python_gc_objects_uncollectable"}
     assert families <= on_dashboard, f"not on the dashboard: {sorted(families - on_dashboard)}"
+
+
+# -- the per-connection queue ----------------------------------------------------------------------
+
+def test_queue_bytes_are_sampled_per_connection(gw: GatewayProcess) -> None:
+    """The liveness sweep samples every connection's queued bytes every 10 s (the module's
+    two clients stay connected): the histogram the 4001 limit is read against. Last in the
+    module, so the gateway has usually been up that long already."""
+    def samples() -> float:
+        for family in text_string_to_metric_families(http_get(gw.http + "/metrics")[1]):
+            for sample in family.samples:
+                if sample.name == "ws_connection_queue_bytes_count":
+                    return sample.value
+        return 0.0
+    wait_until(lambda: samples() >= 2, "a sweep sampling ws_connection_queue_bytes")

@@ -145,8 +145,9 @@ class Outbox:
         self.dropped = 0  # frames refused or discarded (slow consumer)
 
     @property
-    def depth(self) -> int:
-        return len(self._frames)
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet written: what ``max_bytes`` (WS_QUEUE_BYTES, 4001 above) bounds."""
+        return self._queued_bytes
 
     def push(self, frame: bytes, stamp: float | None = None) -> bool:
         """Queue ``frame``; ``stamp`` (epoch seconds the data arrived) samples fan-out latency."""
