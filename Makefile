@@ -21,8 +21,8 @@ test: $(STAMP)         ## the whole suite
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-token: $(STAMP)        ## make token USER=alice
-	@$(PY) -m gateway.token $(USER)
+token: $(STAMP)        ## make token USER=alice [ROLE=service] [BOTS=bot-1,bot-2] [TTL=3600]
+	@$(PY) -m gateway.token '$(USER)' $(if $(ROLE),--role '$(ROLE)') $(if $(BOTS),--bots '$(BOTS)') $(if $(TTL),--ttl '$(TTL)')
 
 bench: $(STAMP)        ## every scenario and peer (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m pip install --quiet -r bench/requirements.txt && cd bench/peers/node && npm ci --no-audit --no-fund --silent

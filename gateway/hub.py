@@ -211,12 +211,21 @@ class Hub:
     # -- stats -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        by_channel: dict[str, int] = defaultdict(int)
+        """``connectionsByChannel``: connections on at least one key of each channel (two
+        connections on market-data for three symbols count 2); ``subscriptionsByChannel``:
+        subscriptions per channel, one per key (the same two count 6). Computed here, at
+        request time, from what the hub already holds: no bookkeeping on the data path."""
+        by_connection: dict[str, int] = defaultdict(int)
+        for session in self.sessions.values():
+            for name in {_public_name(key) for key in session.channels}:
+                by_connection[name] += 1
+        by_subscription: dict[str, int] = defaultdict(int)
         for key, count in self.subscriber_counts.items():
-            by_channel[_public_name(key)] += count
+            by_subscription[_public_name(key)] += count
         return {
             "connections": len(self.sessions),
             "channels": len(self.subscriber_counts),
-            "connectionsByChannel": dict(by_channel),
+            "connectionsByChannel": dict(by_connection),
+            "subscriptionsByChannel": dict(by_subscription),
             "connectionsByUser": {user: len(ids) for user, ids in self.by_user.items()},
         }

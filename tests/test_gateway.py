@@ -427,7 +427,8 @@ def test_http_endpoints(gw):
     assert status == 200 and body["status"] == "ok" and body["components"]["server"]["state"] == "serving"
     status, _, raw = http("GET", gw.http + "/ws/stats")
     stats = json.loads(raw)
-    assert status == 200 and {"connections", "channels", "connectionsByChannel", "connectionsByUser"} <= set(stats)
+    assert status == 200 and {"connections", "channels", "connectionsByChannel", "subscriptionsByChannel",
+                              "connectionsByUser"} <= set(stats)
     status, _, raw = http("GET", gw.http + "/api/version")
     assert status == 200 and json.loads(raw)["protocol"] == "trading.v1"
     status, headers, raw = http("GET", gw.http + "/metrics")
@@ -448,6 +449,29 @@ def test_stats_follow_connections_and_subscriptions(gw):
     while "uma" in json.loads(http("GET", gw.http + "/ws/stats")[2])["connectionsByUser"]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+    # connectionsByChannel counts connections; subscriptionsByChannel one per symbol and stream.
+    clients = []
+    for user in ("uma", "vic"):
+        m = gw.connect(user)
+        m.recv()
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            reply = m.request({"type": "subscribe", "channel": "market-data",
+                               "data": {"symbol": symbol, "streams": ["ticker", "trades"]}})
+            assert reply["type"] == "subscribed"
+        assert m.request({"type": "subscribe", "channel": "market-data", "data": {"symbol": "SOLUSDT"}})["type"] \
+            == "subscribed"
+        clients.append(m)
+    deadline = time.monotonic() + 5
+    while True:  # channel actors count their subscribers asynchronously; earlier tests' clients may be closing
+        stats = json.loads(http("GET", gw.http + "/ws/stats")[2])
+        if (stats["connectionsByChannel"].get("market-data"), stats["subscriptionsByChannel"].get("market-data")) \
+                == (2, 10):
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.02)
+    for m in clients:
+        m.close()
 
 
 def test_refuses_to_start_without_a_key():
