@@ -1,8 +1,13 @@
-"""Start the gateway: ``python app.py`` (settings from the environment, see README.md).
+"""Start the gateway: ``python app.py`` or ``trading-gateway serve`` (settings from the environment).
 
 The composition root: builds the hub, the gateway, the HTTP app and the
 pywsgi server on one port, installs signal handlers, and serves until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT. :func:`cli` is the installed command, ``trading-gateway
+serve | token | simulator``; ``serve --help`` lists every setting with its
+default (:data:`gateway.config.VARIABLES`).
+
+A setting that cannot work, or a port that cannot be bound, is one
+CRITICAL line and exit status 2, never a traceback (docs/operations.md).
 """
 
 from gevent import monkey
@@ -11,6 +16,8 @@ from gevent import monkey
 # before anything imports socket, threading or ssl.
 monkey.patch_all()
 
+import argparse
+import errno
 import gc
 import logging
 import os
@@ -26,7 +33,7 @@ import gevent
 
 from brokers.memory import MemoryBroker
 from gateway.auth import Authenticator
-from gateway.config import ConfigError, Settings
+from gateway.config import VARIABLES, ConfigError, Settings, unknown_variables
 from gateway.http import create_app
 from gateway.hub import Hub
 from gateway.logs import configure_logging
@@ -104,13 +111,36 @@ def _demo_settings(settings: Settings) -> Settings:
         secret, auth.algorithms, auth.audience, auth.issuer, auth.leeway, signing_key=secret))
 
 
-def _shared_listener(host: str, port: int) -> socket.socket:
-    """The public port, bound by every worker: the kernel spreads connections over them."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+class BindError(Exception):
+    """A listening socket cannot be had; the text says which setting to change."""
+
+
+def _listen(host: str, port: int, setting: str, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening socket, so that a taken port stops the start before anything runs.
+
+    ``reuse_port``: the public port of ``WORKERS=N``, bound by every worker;
+    the kernel spreads connections over them.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        raise BindError(f"HOST={host} cannot be resolved") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: f"port {port} on {host} is already in use ({setting}): "
+                              "stop the other process or choose another port",
+            errno.EACCES: f"no permission to listen on port {port} ({setting}): ports below 1024 need privileges",
+            errno.EADDRNOTAVAIL: f"HOST={host} is not an address of this machine",
+        }
+        raise BindError(reasons.get(exc.errno, f"cannot listen on {host}:{port} ({setting}): {exc.strerror}")) from None
     sock.setblocking(False)
     return sock
 
@@ -122,6 +152,8 @@ def build(settings: Settings, worker: int | None = None) -> System:
 
         broker: Any = RedisBroker(settings.redis_url, history_size=settings.history_size,
                                   history_ttl=settings.history_ttl)
+        metrics.redis_connected.set_function(lambda: float(broker.healthy()))
+        metrics.registry.register(metrics.redis_connected)
     else:
         broker = MemoryBroker(history_size=settings.history_size, history_ttl=settings.history_ttl)
     hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user, broker=broker)
@@ -147,32 +179,56 @@ def build(settings: Settings, worker: int | None = None) -> System:
         server = GatewayServer(listener, app, log=None, error_log=logging.getLogger("gateway.wsgi"))
         server.gateway = gateway
         server.handshake_timeout = settings.connection_timeout
+        server.quiet_paths = frozenset({"/livez", "/readyz"})
         return server
 
     if worker is None:
-        server, own = serve_on((settings.host, settings.port)), None
+        server, own = serve_on(_listen(settings.host, settings.port, "PORT")), None
     else:
-        server = serve_on(_shared_listener(settings.host, settings.port))
-        own = serve_on((settings.host, settings.worker_ports_from + worker))
+        server = serve_on(_listen(settings.host, settings.port, "PORT", reuse_port=True))
+        own = serve_on(_listen(settings.host, settings.worker_ports_from + worker, "WORKER_PORTS_FROM"))
     gateway.server = server
     return System(settings, gateway, server, supervisor, market, own)
 
 
-def main() -> int:
+def settings_help() -> str:
+    """Every setting, its default and meaning: the epilog of ``serve --help``."""
+    width = max(len(v.name) for v in VARIABLES)
+    rows = [f"  {v.name:<{width}}  {v.help} [default: {v.default or 'unset'}]" for v in VARIABLES]
+    return "settings (environment variables; times in milliseconds):\n" + "\n".join(rows)
+
+
+def serve_parser(prog: str = "trading-gateway serve") -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start the gateway: WebSocket, /health, /livez, /readyz, /ws/stats, /metrics and the "
+                    "dashboard on one port. Settings come from the environment.",
+        epilog=settings_help())
+
+
+def main(argv: list[str] | None = None) -> int:
+    serve_parser("app.py" if argv is None else "trading-gateway serve").parse_args(
+        sys.argv[1:] if argv is None else argv)
     configure_logging()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         log.critical("cannot start: %s", exc)
         return 2
+    for warning in unknown_variables(dict(os.environ)):
+        log.warning(warning)
     if settings.demo_mode and not os.environ.get("JWT_SECRET"):
         settings = _demo_settings(settings)
     worker = worker_index()
     if settings.workers > 1 and worker is None:
         return WorkerPool(settings).run()
-    system = build(settings, worker)
+    try:
+        system = build(settings, worker)
+    except BindError as exc:
+        log.critical("cannot start: %s", exc)
+        return 2
     system.start()
-    if os.environ.get("GATEWAY_GC_TUNE", "1") == "1":
+    if settings.gc_tune:
         # Everything built so far lives as long as the process: keep the cyclic
         # GC from walking it again and again, and let it run less often (each
         # connection makes a few hundred objects; the default threshold of 700
@@ -197,6 +253,26 @@ def main() -> int:
         gevent.signal_handler(signum, on_signal, signum)
     done.wait()
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``trading-gateway serve | token | simulator``: the command ``pip install`` puts on the PATH."""
+    from gateway import token
+    from simulator import __main__ as simulator
+
+    commands = {
+        "serve": (main, "start the gateway (settings from the environment; serve --help lists them)"),
+        "token": (token.main, "mint a JWT for a user or a service (token --help)"),
+        "simulator": (simulator.main, "run the local Bybit v5 simulator on its own (simulator --help)"),
+    }
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in commands:
+        usage = "usage: trading-gateway {serve,token,simulator} ...\n\n" + "\n".join(
+            f"  {name:<10} {text}" for name, (_, text) in commands.items())
+        known = bool(args) and args[0] in ("-h", "--help")
+        print(usage, file=sys.stdout if known else sys.stderr)
+        return 0 if known else 2
+    return commands[args[0]][0](args[1:])
 
 
 if __name__ == "__main__":

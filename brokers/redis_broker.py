@@ -28,8 +28,10 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import redis
@@ -39,6 +41,17 @@ from brokers.broker import BrokerUnavailable, Position, Publication
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger("gateway.broker")
+
+# Seconds between ERROR lines while Redis stays unreachable.
+UNREACHABLE_REPORT_EVERY = 30.0
+
+
+def shown_url(url: str) -> str:
+    """The URL for a log line: ``redis://:secret@host/0`` → ``redis://:[redacted]@host/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username or ''}:[redacted]@{parts.netloc.rsplit('@', 1)[1]}").geturl()
 
 _PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -204,18 +217,21 @@ class RedisBroker:
     def _listen_forever(self) -> None:
         attempt = 0
         first = True
+        next_report = 0.0  # while Redis stays unreachable, an ERROR line at most every UNREACHABLE_REPORT_EVERY
         while not self._closing:
             try:
                 self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 # A placeholder channel keeps the connection in subscribe mode even with no keys.
                 self._pubsub.subscribe("ws:node", *[_pubsub(k) for k in self._keys])
                 self._connected = True
-                if not first:
+                if first:
+                    log.info("redis connected at %s", shown_url(self.url), extra={"fields": {"attempts": attempt + 1}})
+                else:
                     self.reconnects += 1
                     log.warning("redis reconnected; channels catch up from the streams",
                                 extra={"fields": {"channels": len(self._keys), "attempt": attempt}})
                     self.on_reconnected()
-                first, attempt = False, 0
+                first, attempt, next_report = False, 0, 0.0
                 while not self._closing:
                     message = self._pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
@@ -223,9 +239,17 @@ class RedisBroker:
             except (redis.RedisError, OSError) as exc:
                 if self._closing:
                     break
+                error = f"{type(exc).__name__}: {exc}"
+                now = time.monotonic()
                 if self._connected:
                     log.error("redis connection lost; serving local data, reconnecting",
-                              extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+                              extra={"fields": {"error": error}})
+                    next_report = now + UNREACHABLE_REPORT_EVERY
+                elif now >= next_report:
+                    # At start (nothing else would say so) and every so often while it lasts.
+                    log.error("redis unreachable at %s; serving local data, publishing refused (503), retrying",
+                              shown_url(self.url), extra={"fields": {"error": error, "attempts": attempt + 1}})
+                    next_report = now + UNREACHABLE_REPORT_EVERY
                 self._connected = False
                 try:
                     self._pubsub.close()

@@ -1,60 +1,209 @@
-"""Settings from the environment, read once at start-up.
+"""Settings from the environment, read once at start-up: the one place for them.
 
-Every variable is documented in README.md. Times in the platform's env files
-are milliseconds (``WS_HEARTBEAT_INTERVAL``, ``WS_CONNECTION_TIMEOUT``); the
-fields here are seconds.
+:data:`VARIABLES` lists every environment variable the gateway reads, with
+its default and meaning; ``trading-gateway serve --help`` prints it, the
+README's table repeats it (a test keeps the two equal), and
+:func:`unknown_variables` warns about a name with one of our prefixes that
+is not in it (``WS_MAX_CHANNEL`` → "did you mean WS_MAX_CHANNELS?").
+
+Times in the platform's env files are milliseconds
+(``WS_HEARTBEAT_INTERVAL``, ``WS_CONNECTION_TIMEOUT``); the fields of
+:class:`Settings` are seconds. A value that cannot work raises
+:class:`ConfigError` whose text names the variable and what is wrong: the
+process prints it as one line and exits 2 (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import jwt
 
 from gateway.auth import Authenticator, demo_secret
+from gateway.logs import redact
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable", "unknown_variables"]
 
 
 class ConfigError(Exception):
     """The server cannot start with these settings."""
 
 
-def _flag(env: dict[str, str], name: str, default: bool = False) -> bool:
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: ``default`` as text ("" = unset), ``help`` for humans."""
+
+    name: str
+    default: str
+    help: str
 
 
-def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = (env.get(name) or default).strip().lower()
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+# Every variable read anywhere in the gateway, in the order --help shows them.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PORT", "3001", "HTTP and WebSocket port (WS_PORT is read when PORT is unset)"),
+    Variable("WS_PORT", "", "the platform's older name for PORT"),
+    Variable("HOST", "0.0.0.0", "bind address"),
+    Variable("JWT_SECRET", "", "HS256 key, at least 32 bytes; required unless DEMO_MODE or a public key is set"),
+    Variable("JWT_ALGORITHM", "HS256", "HS256, or RS256 / ES256 to verify with JWT_PUBLIC_KEY"),
+    Variable("JWT_PUBLIC_KEY", "", "PEM text or a path to a PEM file (RS256/ES256)"),
+    Variable("JWT_PRIVATE_KEY", "", "PEM text or path, only to mint tokens (RS256/ES256)"),
+    Variable("JWT_AUDIENCE", "", "when set, tokens must carry this aud"),
+    Variable("JWT_ISSUER", "", "when set, tokens must carry this iss"),
+    Variable("JWT_LEEWAY", "10", "seconds of clock skew allowed on exp"),
+    Variable("DEMO_MODE", "false", "generate a key (kept in .demo/jwt_secret) and allow POST /api/demo/token"),
+    Variable("SERVICE_API_KEY", "", "bearer key for POST /api/publish (service-role tokens work too)"),
+    Variable("WS_MAX_CONNECTIONS_PER_USER", "5", "the next connection of that user is closed with 4503"),
+    Variable("WS_MAX_CHANNELS", "100", "channel subscriptions per connection"),
+    Variable("WS_MAX_MESSAGE_SIZE", "65536", "inbound message size in bytes (1009 above)"),
+    Variable("WS_HEARTBEAT_INTERVAL", "30000", "ms between server pings"),
+    Variable("WS_SILENCE_TIMEOUT", "", "ms of silence before close 4002 (default 2 x WS_HEARTBEAT_INTERVAL)"),
+    Variable("WS_CONNECTION_TIMEOUT", "10000", "ms for the handshake (408 after)"),
+    Variable("WS_ALLOWED_ORIGINS", "", "comma-separated exact origins; others get 403 (unset: any)"),
+    Variable("WS_QUEUE_BYTES", "1048576", "outbound queue per connection in bytes (4001 above)"),
+    Variable("WS_WRITE_TIMEOUT", "1000", "ms a write may block (4001 after)"),
+    Variable("WS_SWEEP_INTERVAL", "1000", "ms between liveness sweeps"),
+    Variable("SHUTDOWN_TIMEOUT", "10000", "ms the shutdown may take"),
+    Variable("MARKET_SOURCE", "bybit", "bybit, simulator (in-process, the make run default) or none"),
+    Variable("BYBIT_TESTNET", "true", "false for Bybit mainnet"),
+    Variable("BYBIT_WS_URL", "", "base URL override, e.g. ws://127.0.0.1:9100/v5/public (the category is appended)"),
+    Variable("MARKET_CATEGORIES", "spot,linear", "one exchange stream per category (spot, linear)"),
+    Variable("POPULAR_PAIRS", "BTCUSDT,ETHUSDT,ADAUSDT,SOLUSDT", "spot pairs kept subscribed"),
+    Variable("UPSTREAM_PING_INTERVAL", "20000", "ms between pings to the exchange"),
+    Variable("UPSTREAM_STALE_AFTER", "30000", "ms without data or pong before a stream is restarted"),
+    Variable("MARKET_UNSUBSCRIBE_GRACE", "5000", "ms after the last subscriber leaves before unsubscribing"),
+    Variable("STATUS_INTERVAL", "5000", "ms between time-sync / system-health publications"),
+    Variable("RESTART_BASE", "500", "ms: exchange-stream restart backoff base (full jitter)"),
+    Variable("RESTART_CAP", "30000", "ms: the longest restart backoff"),
+    Variable("RESTART_FLOOR", "100", "ms: the shortest restart backoff"),
+    Variable("RESTART_RESET_AFTER", "30000", "ms of health before the attempt count resets"),
+    Variable("CIRCUIT_COOLDOWN", "60000", "ms between attempts while a circuit is open"),
+    Variable("REDIS_URL", "", "redis://host[:port][/db] (or rediss://, unix://): many gateway processes as one"),
+    Variable("HISTORY_SIZE", "100", "publications kept per private channel for recovery"),
+    Variable("HISTORY_TTL", "300000", "ms a publication stays recoverable"),
+    Variable("WORKERS", "1", "gateway processes on the one port (SO_REUSEPORT); more than 1 needs REDIS_URL"),
+    Variable("WORKER_PORTS_FROM", "", "worker i also serves alone on this port + i (default PORT + 1)"),
+    Variable("LOG_FORMAT", "text", "text, or json for JSON lines"),
+    Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Variable("GATEWAY_GC_TUNE", "1", "0 keeps Python's default GC thresholds"),
+    Variable("GATEWAY_TEST_ECHO", "false", "adds the /ws-echo route Autobahn runs against (tests only)"),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+# Set by the gateway itself, never by an operator: known, so never "unknown".
+INTERNAL = frozenset({"GATEWAY_WORKER"})
+# A name starting with one of these is ours: if it is not a setting, it is a typo.
+PREFIXES = ("WS_", "JWT_", "GATEWAY_", "BYBIT_", "MARKET_", "UPSTREAM_", "RESTART_", "CIRCUIT_", "HISTORY_",
+            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API")
+# What Kubernetes injects for every service (a service named ws-gateway gives
+# WS_GATEWAY_SERVICE_HOST, WS_GATEWAY_PORT_3001_TCP, ...): not typos.
+_SERVICE_LINKS = re.compile(
+    r".+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$")
+CATEGORIES = ("spot", "linear")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+def unknown_variables(env: dict[str, str]) -> list[str]:
+    """One warning per variable that looks like ours but is not a setting."""
+    known = _BY_NAME.keys() | INTERNAL
+    warnings = []
+    for name in sorted(env):
+        if name in known or not name.startswith(PREFIXES) or _SERVICE_LINKS.match(name):
+            continue
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "no setting has a similar name"
+        warnings.append(f"unknown setting {name} is ignored: {hint} (trading-gateway serve --help lists them)")
+    return warnings
 
 
-def _ms(env: dict[str, str], name: str, default_ms: int) -> float:
-    return _int(env, name, default_ms) / 1000.0
+class _Env:
+    """Reads one variable at a time, with the table's default and a clear error."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str:
+        value = self.env.get(name)
+        return _BY_NAME[name].default if value is None or value.strip() == "" else value.strip()
+
+    def text(self, name: str) -> str | None:
+        return self.raw(name) or None
+
+    def flag(self, name: str) -> bool:
+        value = self.raw(name).lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {self.env.get(name)!r}")
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        """One of ``allowed``, whatever the case, spelled as ``allowed`` spells it."""
+        by_lower = {a.lower(): a for a in allowed}
+        value = by_lower.get(self.raw(name).lower())
+        if value is None:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {self.env.get(name)!r}")
+        return value
+
+    def int(self, name: str, low: int = 0, high: int | None = None, default: int | None = None) -> int:
+        raw = self.raw(name)
+        if raw == "" and default is not None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{name} must be {bound}, got {value}")
+        return value
+
+    def ms(self, name: str, low: int = 1, default: int | None = None) -> float:
+        return self.int(name, low, default=default) / 1000.0
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list; set but empty means an empty list (POPULAR_PAIRS= pins none)."""
+        value = self.env.get(name)
+        value = _BY_NAME[name].default if value is None else value
+        return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-def _key(value: str) -> str:
+def _key(value: str, name: str) -> str:
     if value.lstrip().startswith("-----BEGIN"):
         return value
     path = Path(value)
     if path.is_file():
         return path.read_text()
-    raise ConfigError("JWT_PUBLIC_KEY / JWT_PRIVATE_KEY must be PEM text or a path to a PEM file")
+    raise ConfigError(f"{name} must be PEM text or a path to a PEM file (no file at {value[:80]!r})")
+
+
+def _checked_key(key: str, algorithm: str, name: str) -> str:
+    """A key PyJWT can use: checked now, not at the first client's connect."""
+    try:
+        jwt.get_algorithm_by_name(algorithm).prepare_key(key)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{name} is not a usable {algorithm} key ({type(exc).__name__})") from None
+    return key
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    shown = redact(raw)
+    try:
+        parts = urlsplit(raw)
+        port_ok = parts.port is None or 0 < parts.port
+        db = parts.path.strip("/")
+    except ValueError:
+        parts, port_ok, db = None, False, ""
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix") or not port_ok \
+            or (parts.scheme != "unix" and (not parts.hostname or (db and not db.isdigit()))):
+        raise ConfigError(f"REDIS_URL must be redis://host[:port][/db], rediss://… or unix://… "
+                          f"(a password goes before the host: user:password@), got {shown!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -99,19 +248,22 @@ class Settings:
     # several processes on one port (gateway/workers.py)
     workers: int = 1
     worker_ports_from: int = 0  # worker i also serves alone on worker_ports_from + i (0: port + 1)
+    # logging and the process
+    log_format: str = "text"
+    log_level: str = "INFO"
+    gc_tune: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ) if env is None else env
-        demo = _flag(env, "DEMO_MODE")
-        algorithm = env.get("JWT_ALGORITHM", "HS256").upper()
+        e = _Env(dict(os.environ) if env is None else env)
+        demo = e.flag("DEMO_MODE")
+        algorithm = e.raw("JWT_ALGORITHM").upper()
         if algorithm not in ("HS256", "RS256", "ES256"):
             raise ConfigError(f"JWT_ALGORITHM must be HS256, RS256 or ES256, got {algorithm!r}")
-        leeway = float(_int(env, "JWT_LEEWAY", 10))
-        audience = env.get("JWT_AUDIENCE") or None
-        issuer = env.get("JWT_ISSUER") or None
+        leeway = float(e.int("JWT_LEEWAY"))
+        audience, issuer = e.text("JWT_AUDIENCE"), e.text("JWT_ISSUER")
         if algorithm == "HS256":
-            secret = env.get("JWT_SECRET")
+            secret = e.text("JWT_SECRET")
             if not secret:
                 if not demo:
                     raise ConfigError("JWT_SECRET is not set: refusing to start without a key "
@@ -121,60 +273,71 @@ class Settings:
                 raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
             authenticator = Authenticator(secret, ("HS256",), audience, issuer, leeway, signing_key=secret)
         else:
-            public = env.get("JWT_PUBLIC_KEY")
+            public = e.text("JWT_PUBLIC_KEY")
             if not public:
                 raise ConfigError(f"JWT_PUBLIC_KEY is required with JWT_ALGORITHM={algorithm}")
-            private = env.get("JWT_PRIVATE_KEY")
-            authenticator = Authenticator(_key(public), (algorithm,), audience, issuer, leeway,
-                                          signing_key=_key(private) if private else None)
-        heartbeat = _ms(env, "WS_HEARTBEAT_INTERVAL", 30000)
-        origins = frozenset(o.strip() for o in env.get("WS_ALLOWED_ORIGINS", "").split(",") if o.strip())
-        port = _int(env, "PORT", _int(env, "WS_PORT", 3001))
-        workers = _int(env, "WORKERS", 1)
-        redis_url = env.get("REDIS_URL") or None
-        if not 1 <= workers <= 64:
-            raise ConfigError(f"WORKERS must be between 1 and 64, got {workers}")
+            private = e.text("JWT_PRIVATE_KEY")
+            authenticator = Authenticator(
+                _checked_key(_key(public, "JWT_PUBLIC_KEY"), algorithm, "JWT_PUBLIC_KEY"), (algorithm,),
+                audience, issuer, leeway,
+                signing_key=_checked_key(_key(private, "JWT_PRIVATE_KEY"), algorithm, "JWT_PRIVATE_KEY")
+                if private else None)
+        heartbeat_ms = e.int("WS_HEARTBEAT_INTERVAL", 1)
+        # PORT wins; WS_PORT is the platform's older name, read only when PORT is unset.
+        port = e.int("PORT", 0, 65535) if e.env.get("PORT", "").strip() else e.int("WS_PORT", 0, 65535, default=3001)
+        workers = e.int("WORKERS", 1, 64)
+        redis_url = _redis_url(e.text("REDIS_URL"))
         if workers > 1 and not redis_url:
             raise ConfigError("WORKERS > 1 needs REDIS_URL: private channels, publications and per-user "
                               "connection limits must reach every worker process")
         if workers > 1 and port == 0:
             raise ConfigError("WORKERS > 1 needs a fixed PORT (every worker binds the same one)")
+        bybit_ws_base = e.text("BYBIT_WS_URL")
+        if bybit_ws_base is not None and urlsplit(bybit_ws_base).scheme not in ("ws", "wss"):
+            raise ConfigError(f"BYBIT_WS_URL must start with ws:// or wss://, got {bybit_ws_base!r}")
+        categories = e.items("MARKET_CATEGORIES")
+        for category in categories:
+            if category not in CATEGORIES:
+                raise ConfigError(f"MARKET_CATEGORIES must name only {', '.join(CATEGORIES)}, got {category!r}")
+        restart_cap = e.ms("RESTART_CAP")
         return cls(
-            host=env.get("HOST", "0.0.0.0"),
+            host=e.raw("HOST"),
             port=port,
             demo_mode=demo,
             authenticator=authenticator,
-            service_api_key=env.get("SERVICE_API_KEY") or None,
-            max_connections_per_user=_int(env, "WS_MAX_CONNECTIONS_PER_USER", 5),
-            max_channels_per_connection=_int(env, "WS_MAX_CHANNELS", 100),
-            max_message_size=_int(env, "WS_MAX_MESSAGE_SIZE", 64 * 1024),
-            heartbeat_interval=heartbeat,
-            silence_timeout=_ms(env, "WS_SILENCE_TIMEOUT", int(heartbeat * 2000)),
-            connection_timeout=_ms(env, "WS_CONNECTION_TIMEOUT", 10000),
-            allowed_origins=origins,
-            max_queue_bytes=_int(env, "WS_QUEUE_BYTES", 1024 * 1024),
-            write_timeout=_ms(env, "WS_WRITE_TIMEOUT", 1000),
-            sweep_interval=_ms(env, "WS_SWEEP_INTERVAL", 1000),
-            shutdown_timeout=_ms(env, "SHUTDOWN_TIMEOUT", 10000),
-            test_echo_route=_flag(env, "GATEWAY_TEST_ECHO"),
-            market_source=_choice(env, "MARKET_SOURCE", ("bybit", "simulator", "none"), "bybit"),
-            bybit_testnet=_flag(env, "BYBIT_TESTNET", True),
-            bybit_ws_base=env.get("BYBIT_WS_URL") or None,
-            market_categories=tuple(c for c in env.get("MARKET_CATEGORIES", "spot,linear").split(",") if c),
-            popular_pairs=tuple(p.strip().upper() for p in
-                                env.get("POPULAR_PAIRS", "BTCUSDT,ETHUSDT,ADAUSDT,SOLUSDT").split(",") if p.strip()),
-            upstream_ping_interval=_ms(env, "UPSTREAM_PING_INTERVAL", 20000),
-            upstream_stale_after=_ms(env, "UPSTREAM_STALE_AFTER", 30000),
-            unsubscribe_grace=_ms(env, "MARKET_UNSUBSCRIBE_GRACE", 5000),
-            status_interval=_ms(env, "STATUS_INTERVAL", 5000),
-            restart_base=_ms(env, "RESTART_BASE", 500),
-            restart_cap=_ms(env, "RESTART_CAP", 30000),
-            restart_floor=_ms(env, "RESTART_FLOOR", 100),
-            restart_reset_after=_ms(env, "RESTART_RESET_AFTER", 30000),
-            circuit_cooldown=_ms(env, "CIRCUIT_COOLDOWN", 60000),
+            service_api_key=e.text("SERVICE_API_KEY"),
+            max_connections_per_user=e.int("WS_MAX_CONNECTIONS_PER_USER", 1),
+            max_channels_per_connection=e.int("WS_MAX_CHANNELS", 1),
+            max_message_size=e.int("WS_MAX_MESSAGE_SIZE", 125),
+            heartbeat_interval=heartbeat_ms / 1000.0,
+            silence_timeout=e.ms("WS_SILENCE_TIMEOUT", default=2 * heartbeat_ms),
+            connection_timeout=e.ms("WS_CONNECTION_TIMEOUT"),
+            allowed_origins=frozenset(e.items("WS_ALLOWED_ORIGINS")),
+            max_queue_bytes=e.int("WS_QUEUE_BYTES", 1024),
+            write_timeout=e.ms("WS_WRITE_TIMEOUT"),
+            sweep_interval=e.ms("WS_SWEEP_INTERVAL"),
+            shutdown_timeout=e.ms("SHUTDOWN_TIMEOUT"),
+            test_echo_route=e.flag("GATEWAY_TEST_ECHO"),
+            market_source=e.choice("MARKET_SOURCE", ("bybit", "simulator", "none")),
+            bybit_testnet=e.flag("BYBIT_TESTNET"),
+            bybit_ws_base=bybit_ws_base,
+            market_categories=categories,
+            popular_pairs=tuple(p.upper() for p in e.items("POPULAR_PAIRS")),
+            upstream_ping_interval=e.ms("UPSTREAM_PING_INTERVAL"),
+            upstream_stale_after=e.ms("UPSTREAM_STALE_AFTER"),
+            unsubscribe_grace=e.ms("MARKET_UNSUBSCRIBE_GRACE", 0),
+            status_interval=e.ms("STATUS_INTERVAL"),
+            restart_base=e.ms("RESTART_BASE", 0),
+            restart_cap=restart_cap,
+            restart_floor=e.ms("RESTART_FLOOR", 0),
+            restart_reset_after=e.ms("RESTART_RESET_AFTER", 0),
+            circuit_cooldown=e.ms("CIRCUIT_COOLDOWN", 0),
             redis_url=redis_url,
-            history_size=_int(env, "HISTORY_SIZE", 100),
-            history_ttl=_ms(env, "HISTORY_TTL", 300000),
+            history_size=e.int("HISTORY_SIZE", 1),
+            history_ttl=e.ms("HISTORY_TTL", 1000),
             workers=workers,
-            worker_ports_from=_int(env, "WORKER_PORTS_FROM", port + 1),
+            worker_ports_from=e.int("WORKER_PORTS_FROM", 1, 65535, default=port + 1),
+            log_format=e.choice("LOG_FORMAT", ("text", "json")),
+            log_level=e.choice("LOG_LEVEL", LOG_LEVELS),
+            gc_tune=e.flag("GATEWAY_GC_TUNE"),
         )

@@ -1,4 +1,7 @@
-"""The dashboard page at ``/``: static files from ``static/dashboard``, no build step.
+"""The dashboard page at ``/``: static files from ``gateway/static/dashboard``, no build step.
+
+The files are package data: ``pip install .`` ships them with the ``gateway``
+package, so an installed gateway serves the same page.
 
 Nothing is loaded from another host; the page talks to this gateway only
 (``/api/demo/token`` in demo mode, ``/ws`` for data).
@@ -12,7 +15,7 @@ from flask import Blueprint, Response, send_from_directory
 
 __all__ = ["STATIC_DIR", "blueprint"]
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "static" / "dashboard"
+STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
 
 blueprint = Blueprint("dashboard", __name__)
 

@@ -1,4 +1,4 @@
-"""The HTTP side of the one port: health, stats, version, metrics, publishing.
+"""The HTTP side of the one port: health, probes, stats, version, metrics, publishing.
 
 ``/ws`` upgrades never reach Flask (``transport/handler.py`` takes them);
 a plain GET of ``/ws`` gets 426 here.
@@ -63,6 +63,29 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         status = ("degraded" if degraded else "ok") if ok else "unavailable"
         body = {"status": status, "uptime": round(time.time() - started, 3),
                 "connections": len(gateway.hub.sessions), "components": components}
+        response = jsonify(body)
+        response.status_code = 200 if ok else 503
+        return response
+
+    @app.get("/livez")
+    def livez() -> Response:
+        """Liveness for an orchestrator: 503 only when a restart is what helps (docs/operations.md)."""
+        alive, detail = gateway.liveness()
+        response = jsonify(detail)
+        response.status_code = 200 if alive else 503
+        return response
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: this node takes new clients. Not the exchange, not Redis (docs/operations.md)."""
+        alive, detail = gateway.liveness()
+        if gateway.draining:
+            body, ok = {"status": "draining", "reason": "shutting down: new connections are refused"}, False
+        elif not alive:
+            body, ok = {"status": "not_ready", "reason": detail["reason"]}, False
+        else:
+            body, ok = {"status": "ready"}, True
+        body["connections"] = len(gateway.hub.sessions)
         response = jsonify(body)
         response.status_code = 200 if ok else 503
         return response

@@ -27,6 +27,8 @@ _SECRET_PATTERNS = (
     (re.compile(r"(bearer[.\s]+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1[redacted]"),
     # anything shaped like a JWT: three base64url segments, the first starting eyJ
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    # the password in a URL: redis://:secret@host, rediss://user:secret@host
+    (re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE), r"\1[redacted]@"),
 )
 
 
@@ -61,7 +63,10 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         fields = getattr(record, "fields", None)
         if fields:
-            text += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+            # Empty fields are left out: a supervisor line says what happened, not what did not.
+            shown = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None and v != "")
+            if shown:
+                text += " " + shown
         return redact(text)
 
 
@@ -103,13 +108,15 @@ def configure_logging(env: dict[str, str] | None = None, stream: Any = None) -> 
     env = dict(os.environ) if env is None else env
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
-    json_format = env.get("LOG_FORMAT", "text").lower() == "json"
+    json_format = (env.get("LOG_FORMAT") or "text").strip().lower() == "json"
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(env.get("LOG_LEVEL", "INFO").upper())
+    # A bad LOG_LEVEL is reported by the settings (one line, exit 2), not by a traceback here.
+    level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
     # pykka logs tracebacks at ERROR (kept) and "Stopping all actors" at DEBUG.
     logging.getLogger("pykka").setLevel(logging.WARNING)
     pykka_logger = logging.getLogger("pykka")

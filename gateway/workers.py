@@ -152,7 +152,8 @@ class WorkerPool:
         except RuntimeError as exc:
             log.critical("cannot start the workers: %s", exc)
             self.stop()  # the ones that did start
-            return 1
+            # A worker that found a misconfiguration (a port in use) said so in one line and exited 2.
+            return 2 if any(proc.returncode == 2 for proc in self.procs.values()) else 1
         log.info("listening on http://%s:%d (websocket path %s) with %d workers; worker i alone on port %d + i",
                  self.settings.host, self.settings.port, self.settings.ws_path, self.settings.workers,
                  self.settings.worker_ports_from)

@@ -247,14 +247,20 @@ class GatewayHandler(WebSocketHandler):
         return f'{client or "-"} "{method} {path}" {status} {self.response_length or "-"}'
 
     def log_request(self) -> None:
-        if access_log.isEnabledFor(logging.INFO):  # the line is built only when it is written
-            access_log.info(self.format_request())
+        if not access_log.isEnabledFor(logging.INFO):  # the line is built only when it is written
+            return
+        env = getattr(self, "environ", None) or {}
+        if env.get("PATH_INFO") in self.server.quiet_paths and (self._orig_status or "").startswith("2"):
+            return  # an orchestrator's probe every few seconds; a failed one is still logged
+        access_log.info(self.format_request())
 
 
 class GatewayServer(WSGIServer):
     """pywsgi's server, except that it leaves alone the sockets of upgraded connections."""
 
     handler_class = GatewayHandler
+    # Paths whose successful requests leave no access line (health probes).
+    quiet_paths: frozenset[str] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
