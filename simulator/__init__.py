@@ -9,8 +9,15 @@ Start it with ``python -m simulator --port 0`` (prints ``listening on
     server.inject({"fault": "silent", "seconds": 5})
     server.stop()
 
+It lists a built-in table of common pairs at made-up but believable prices
+(:mod:`~simulator.instruments`) and answers any other symbol the way Bybit
+answers an unknown one; ``python -m simulator --symbols any`` (or
+``SimulatorServer(symbols=SymbolPolicy("any"))``) lists every well-formed
+symbol instead, for benchmarks and tests that need made-up ones.
+
 Modules, one per role: :mod:`~simulator.protocol` (Bybit's exact message
-shapes), :mod:`~simulator.market` (seeded prices and books),
+shapes), :mod:`~simulator.instruments` (the instrument table and which
+symbols exist), :mod:`~simulator.market` (seeded prices and books),
 :mod:`~simulator.feeds` (topics to messages), :mod:`~simulator.faults`
 (fault commands), :mod:`~simulator.frames` (RFC 6455 framing),
 :mod:`~simulator.connection` and :mod:`~simulator.server` (gevent I/O).
@@ -19,7 +26,8 @@ shapes), :mod:`~simulator.market` (seeded prices and books),
 from __future__ import annotations
 
 from simulator.faults import FaultError
-from simulator.protocol import Category, SymbolPolicy
+from simulator.instruments import SymbolPolicy
+from simulator.protocol import Category
 from simulator.server import SimulatorServer
 
 __all__ = ["Category", "FaultError", "SimulatorServer", "SymbolPolicy"]

@@ -1,5 +1,10 @@
 """``python -m simulator``: run the fake Bybit v5 public WebSocket until SIGINT or SIGTERM.
 
+``--symbols known`` (the default) lists only the built-in instrument table
+(BTCUSDT, ETHUSDT, SOLUSDT… at made-up, believable prices) and refuses any
+other symbol as Bybit does; ``--symbols any`` lists every well-formed symbol
+ending in a quote coin (``--quotes``), for benchmarks that subscribe made-up ones.
+
 The first line on stdout is ``listening on HOST:PORT`` (the real port when
 ``--port 0``), flushed at once, so a parent process can read it.
 """
@@ -13,7 +18,7 @@ import sys
 
 import gevent
 
-from simulator.protocol import SymbolPolicy
+from simulator.instruments import SYMBOL_MODES, SymbolPolicy
 from simulator.server import SimulatorServer
 
 
@@ -39,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         help="drop a client that sent nothing for this many seconds, 0 = never (default 600, as Bybit)",
     )
     parser.add_argument(
+        "--symbols",
+        choices=SYMBOL_MODES,
+        default="known",
+        help="which symbols exist: 'known' = the built-in instrument table only, "
+        "'any' = every symbol ending in a quote coin (default known)",
+    )
+    parser.add_argument(
         "--reject",
         action="append",
         default=[],
@@ -48,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quotes",
         default="USDT,USDC,BTC,ETH,EUR",
-        help="comma-separated quote coins a symbol must end with (default USDT,USDC,BTC,ETH,EUR)",
+        help="with --symbols any: comma-separated quote coins a symbol must end with (default USDT,USDC,BTC,ETH,EUR)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     seed: int | str = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
     policy = SymbolPolicy(
+        mode=args.symbols,
         quotes=tuple(q.strip().upper() for q in args.quotes.split(",") if q.strip()),
         reject=frozenset(s.upper() for s in args.reject),
     )

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from simulator import protocol
+from simulator.instruments import QUOTE_USD, quote_of
 from simulator.market import Book, Instrument, interval_bounds, plain_decimal
 from simulator.protocol import Category, Topic, TopicKind
 
@@ -80,7 +81,9 @@ class SpotTickerFeed(Feed):
         inst, spec = self.instrument, self.instrument.spec
         last = inst.last_price
         pcnt = (Decimal(last - inst.prev_price_24h) / Decimal(inst.prev_price_24h)).quantize(Decimal("0.0001"))
-        usd_index = Decimal(inst.index_price).scaleb(-spec.price_decimals) * Decimal("1.0000001")
+        # the base coin's USD index: the price itself for USDT pairs, times the quote's USD value otherwise
+        quote_usd = Decimal(str(QUOTE_USD.get(quote_of(spec.symbol), 1.0)))
+        usd_index = Decimal(inst.index_price).scaleb(-spec.price_decimals) * quote_usd * Decimal("1.0000001")
         data = {
             "symbol": spec.symbol,
             "lastPrice": spec.price(last),

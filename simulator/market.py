@@ -7,6 +7,12 @@ never floats on the wire. Spot prints without trailing zeros (``"20575"``,
 ``"75845.4"``), linear with fixed decimals (``"66666.60"``), as in the
 recorded frames.
 
+Start prices, ticks and size steps come from the built-in (made-up) table
+in :mod:`simulator.instruments`; a symbol not in it (``any`` symbol policy
+only) gets a price derived from a hash of its name. Each step moves the
+price by a relative amount in whole ticks, pulled gently back towards the
+start price, so BTCUSDT stays near 95,000 and DOGEUSDT near 0.2.
+
 Nothing here reads a clock or a global random source: each
 :class:`Instrument` owns a ``random.Random`` derived from the server seed,
 the category and the symbol, and every method that stamps time takes
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from simulator.instruments import DEFAULT_STEP_VOL, QUOTE_USD, base_usd, listing, quote_of
 from simulator.protocol import Category
 
 __all__ = [
@@ -36,16 +43,15 @@ __all__ = [
     "plain_decimal",
 ]
 
-_QUOTE_IN_USD = {"USDT": 1.0, "USDC": 1.0, "EUR": 1.08, "BTC": 60000.0, "ETH": 3000.0}
-_KNOWN_BASE_USD = {"BTC": 60000.0, "ETH": 3000.0}
-
 
 @dataclass(frozen=True, slots=True)
 class InstrumentSpec:
     """How one symbol of one category is priced and printed.
 
     ``price_decimals`` digits are printed; a tick is ``tick_units`` units of
-    ``10**-price_decimals`` (linear BTCUSDT: 2 decimals, tick 0.10).
+    ``10**-price_decimals`` (linear BTCUSDT: 2 decimals, tick 0.10). The
+    quantity step is one unit of ``10**-qty_decimals``. ``step_vol`` is the
+    relative volatility of one price step.
     """
 
     category: Category
@@ -54,6 +60,7 @@ class InstrumentSpec:
     tick_units: int
     qty_decimals: int
     start_units: int
+    step_vol: float = DEFAULT_STEP_VOL
 
     def price(self, units: int) -> str:
         """Exact price string for ``units``."""
@@ -84,36 +91,37 @@ def _stable_fraction(text: str) -> float:
 
 
 def instrument_spec(category: Category, symbol: str) -> InstrumentSpec:
-    """Spec for any symbol: BTCUSDT near 60000, ETHUSDT near 3000, others from a hash of the name.
+    """Spec of ``symbol`` on ``category``: from the table when it is listed there, else derived.
 
-    The price is the base coin's USD value (known for BTC and ETH, 0.01 to
-    1000 from the hash otherwise) over the quote coin's; ticks give five
-    significant digits, except the real ticks of BTCUSDT and ETHUSDT; size
-    steps shrink as the base coin's value grows.
+    Listed (:data:`~simulator.instruments.LISTINGS`): the table's start
+    price, tick and quantity step. Otherwise (only reachable with the
+    ``any`` symbol policy): the base coin's USD value from the table when it
+    has one (``ETHEUR``, linear ``PEPEUSDT``), else 0.01 to 1000 USD from a
+    hash of the name, over the quote coin's USD value; ticks give five
+    significant digits; size steps shrink as the base coin's value grows.
     """
-    quote = _quote_of(symbol)
+    row = listing(symbol)
+    rules = row.rules(category) if row is not None else None
+    if row is not None and rules is not None:
+        units = int(Decimal(row.price).scaleb(rules.price_decimals))
+        return InstrumentSpec(
+            category,
+            symbol,
+            rules.price_decimals,
+            rules.tick_units,
+            rules.qty_decimals,
+            units,
+            row.step_vol,
+        )
+    quote = quote_of(symbol)
     base = symbol[: len(symbol) - len(quote)] if quote else symbol
-    base_usd = _KNOWN_BASE_USD.get(base) or 10 ** (-2 + 5 * _stable_fraction(base))
-    price = base_usd / _QUOTE_IN_USD.get(quote, 1.0)
-    magnitude = math.floor(math.log10(price))
-    price_decimals = max(0, 4 - magnitude)
-    tick_units = 1
-    if symbol == "BTCUSDT" and category is Category.LINEAR:
-        price_decimals, tick_units = 2, 10
-    elif symbol in ("BTCUSDT", "ETHUSDT"):
-        price_decimals = 2
-    # size steps follow the base coin's value: BTC spot 0.000001, linear 0.001
-    base_magnitude = math.floor(math.log10(base_usd))
-    qty_decimals = max(0, base_magnitude + (2 if category is Category.SPOT else -1))
-    units = round(price * 10**price_decimals / tick_units) * tick_units
-    return InstrumentSpec(
-        category,
-        symbol,
-        price_decimals,
-        tick_units,
-        qty_decimals,
-        max(units, 100 * tick_units),
-    )
+    usd = base_usd(base) or 10 ** (-2 + 5 * _stable_fraction(base))
+    price = usd / QUOTE_USD.get(quote, 1.0)
+    price_decimals = max(0, 4 - math.floor(math.log10(price)))
+    # size steps follow the base coin's value, as in the table: BTC spot 0.000001, linear 0.001
+    qty_decimals = max(0, math.floor(math.log10(usd)) + (2 if category is Category.SPOT else -1))
+    units = round(price * 10**price_decimals)
+    return InstrumentSpec(category, symbol, price_decimals, 1, qty_decimals, max(units, 100))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,9 @@ class Trade:
     seq: int
 
 
+#: Pull towards the start price per step, as a fraction of the distance: a half-life of about
+#: 14,000 steps (23 minutes at 10 Hz), which keeps the price within about 1 % of the table's.
+_REVERSION = 0.00005
 _MINUTE_MS = 60_000
 _DAY_MS = 86_400_000
 
@@ -167,8 +178,8 @@ class Instrument:
         self.rng = random.Random(f"{seed}:{spec.category}:{spec.symbol}")
         rng, tick = self.rng, spec.tick_units
         price = spec.start_units / 10**spec.price_decimals
-        base_usd = price * _QUOTE_IN_USD.get(_quote_of(spec.symbol), 1.0)
-        self._typical_qty = max(1, round(2000 / base_usd * 10**spec.qty_decimals))
+        base_value = price * QUOTE_USD.get(quote_of(spec.symbol), 1.0)
+        self._typical_qty = max(1, round(2000 / base_value * 10**spec.qty_decimals))
         self.price = spec.start_units
         self.last_price = self.price
         self.spread = tick
@@ -179,10 +190,12 @@ class Instrument:
         self.trade_seq = rng.randint(10**9, 10**10)
         self._trade_id = rng.randint(2 * 10**18, 3 * 10**18)
         self.trades: list[Trade] = []
-        self.prev_price_24h = self._round(self.price * (1 + rng.uniform(-0.03, 0.03)))
-        self.prev_price_1h = self._round(self.price * (1 + rng.uniform(-0.005, 0.005)))
-        self.high_24h = max(self.price, self.prev_price_24h) + tick * rng.randint(1, 50)
-        self.low_24h = min(self.price, self.prev_price_24h) - tick * rng.randint(1, 50)
+        # a day's range of a few percent (far less for a stable coin's smaller step_vol)
+        calm = spec.step_vol / DEFAULT_STEP_VOL
+        self.prev_price_24h = self._round(self.price * (1 + calm * rng.uniform(-0.03, 0.03)))
+        self.prev_price_1h = self._round(self.price * (1 + calm * rng.uniform(-0.005, 0.005)))
+        self.high_24h = self._round(max(self.price, self.prev_price_24h) * (1 + calm * rng.uniform(0.002, 0.015)))
+        self.low_24h = self._round(min(self.price, self.prev_price_24h) * (1 - calm * rng.uniform(0.002, 0.015)))
         self.volume_24h = self.typical_qty() * rng.randint(20_000, 60_000)
         self.turnover_24h = (
             Decimal(self.volume_24h) * Decimal(self.price) / 10 ** (spec.qty_decimals + spec.price_decimals)
@@ -207,9 +220,16 @@ class Instrument:
     def step(self, now_ms: int) -> None:
         """Move the price one step and record this step's 1 to 3 trades in :attr:`trades`."""
         rng, spec, tick = self.rng, self.spec, self.spec.tick_units
-        sigma = max(1.0, self.price * 0.00003 / tick)  # 0.3 bp a step: lively, not absurd
-        reversion = (spec.start_units - self.price) / tick * 0.002
-        moved = self.price + round(rng.gauss(reversion, sigma)) * tick
+        # Relative moves (spec.step_vol, 0.3 bp a step by default) in whole ticks, pulled back
+        # gently towards the start price so that the price stays believable for hours.
+        sigma = self.price * spec.step_vol / tick  # in ticks
+        drift = (spec.start_units - self.price) / tick * _REVERSION
+        if sigma >= 1:
+            move = rng.gauss(drift, sigma)
+        else:  # a tick wider than a step's move: one tick now and then, with the same variance
+            move = drift + (rng.choice((-1, 1)) if rng.random() < sigma * sigma else 0)
+        whole = math.floor(move)
+        moved = self.price + (whole + (rng.random() < move - whole)) * tick
         self.price = max(moved, 10 * tick)
         self.spread = tick * rng.choice((1, 1, 1, 2))
         self.bid, self.ask = self.price, self.price + self.spread
@@ -258,13 +278,6 @@ class Instrument:
             self.open_interest = max(1, self.open_interest + rng.randint(-3, 3) * self.typical_qty())
         if rng.random() < 0.02:
             self.funding_rate += Decimal(rng.randint(-5, 5)) / 10**6
-
-
-def _quote_of(symbol: str) -> str:
-    return next(
-        (q for q in sorted(_QUOTE_IN_USD, key=len, reverse=True) if symbol.endswith(q)),
-        "",
-    )
 
 
 class Book:

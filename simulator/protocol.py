@@ -43,7 +43,6 @@ __all__ = [
     "Category",
     "Request",
     "RequestError",
-    "SymbolPolicy",
     "Topic",
     "TopicError",
     "TopicKind",
@@ -154,26 +153,6 @@ def parse_topic(name: str) -> Topic:
 
 
 @dataclass(frozen=True, slots=True)
-class SymbolPolicy:
-    """Which symbols exist: any symbol ending in a known quote coin, minus a reject list.
-
-    ``reject`` names symbols that never exist; a symbol containing
-    ``reject_substring`` never exists either.
-    """
-
-    quotes: tuple[str, ...] = ("USDT", "USDC", "BTC", "ETH", "EUR")
-    reject: frozenset[str] = frozenset()
-    reject_substring: str = "INVALID"
-
-    def exists(self, symbol: str) -> bool:
-        if symbol in self.reject:
-            return False
-        if self.reject_substring and self.reject_substring in symbol:
-            return False
-        return any(symbol.endswith(q) and len(symbol) > len(q) for q in self.quotes)
-
-
-@dataclass(frozen=True, slots=True)
 class Request:
     """A client request: ``op`` is ``subscribe``, ``unsubscribe`` or ``ping``.
 
@@ -254,8 +233,12 @@ def invalid_topics(
 ) -> dict[str, Any]:
     """Failure naming unknown topics (the whole request fails).
 
-    Spot: ``Invalid symbol :[t1,t2]``; linear names the first bad topic:
-    ``error:handler not found,topic:t1``.
+    Spot: ``Invalid symbol :[t1,t2]`` (note the space before the colon;
+    recorded with one topic, several are assumed comma-separated, as the
+    gateway's parser reads them); linear names the first bad topic:
+    ``error:handler not found,topic:t1``. Keys in the order of the
+    recorded frames (``subscribe_fail_spot_invalid_symbol.json``,
+    ``subscribe_fail.json``): spot has ``req_id`` only if the request did.
     """
     if category is Category.SPOT:
         ret_msg = f"Invalid symbol :[{','.join(topics)}]"

@@ -9,6 +9,15 @@ Routes (HTTP/1.1, one request per TCP connection except the WebSocket):
   and message counts, as JSON.
 * ``POST /control/fault`` with a JSON fault (see :mod:`simulator.faults`):
   ``200 {"ok": true, ...}`` or ``400 {"ok": false, "error": "..."}``.
+* ``GET /control/symbols``: the symbol policy and the instrument table;
+  ``POST /control/symbols`` with ``{"mode": "known" | "any"}`` (and
+  optionally ``"reject": [symbols]``) replaces the policy for subscribes
+  from then on (see :mod:`simulator.instruments`).
+
+Which symbols exist is the :class:`~simulator.instruments.SymbolPolicy`'s
+call: by default the built-in table only. A subscribe naming a symbol that
+does not exist on that market gets the market's own failure reply and no
+data ever streams for it (see :meth:`SimulatorServer._subscribe`).
 
 Built on ``gevent.server.StreamServer`` and gevent's own sockets: it needs
 no monkey patching, and works the same in a process that has called
@@ -64,11 +73,11 @@ from simulator.frames import (
     http_response,
     parse_request_head,
 )
+from simulator.instruments import SYMBOL_MODES, SymbolPolicy, listings_state
 from simulator.market import Instrument, instrument_spec
 from simulator.protocol import (
     Category,
     RequestError,
-    SymbolPolicy,
     Topic,
     TopicError,
     TopicKind,
@@ -104,7 +113,9 @@ class SimulatorServer:
     ``seed`` fixes every price path, book and id; ``rate_hz`` is the number
     of updates per second per topic. ``idle_timeout`` (seconds, ``None`` =
     never) drops a client that sent no frame for that long, like Bybit's
-    10-minute cut-off. ``symbols`` decides which symbols exist.
+    10-minute cut-off. ``symbols`` decides which symbols exist (default:
+    the built-in instrument table only, ``SymbolPolicy("any")`` for any
+    well-formed symbol).
     """
 
     def __init__(
@@ -155,11 +166,12 @@ class SimulatorServer:
         self._stopped.clear()
         self._ticker = gevent.spawn(self._tick_loop)
         logger.info(
-            "simulator listening on %s:%d (seed=%s, rate_hz=%s)",
+            "simulator listening on %s:%d (seed=%s, rate_hz=%s, symbols=%s)",
             self.host,
             self.port,
             self.seed,
             self.rate_hz,
+            self.symbols.mode,
         )
 
     def stop(self) -> None:
@@ -289,6 +301,20 @@ class SimulatorServer:
             conn.send_message(protocol.ack(category, "unsubscribe", conn.conn_id, request.req_id))
 
     def _subscribe(self, conn: Connection, request: protocol.Request) -> None:
+        """Answer a subscribe as Bybit does: one reply for the whole request.
+
+        Order of checks: more than 10 args on spot (``args size >10``); then
+        every topic must parse and name a symbol that exists on this market.
+        If any does not, **the whole request fails** and none of its topics
+        is subscribed, on spot and on linear: docs/bybit-v5.md §1 "Failure
+        replies" records that one bad topic fails the whole batch (and §6
+        lists it as the fake server's behaviour). The reply is the market's
+        own: spot ``Invalid symbol :[<bad topics>]``, linear
+        ``error:handler not found,topic:<first bad topic>``. No feed is
+        created for a refused topic, so nothing ever streams for an unknown
+        symbol; the good topics of that request stream only once they are
+        subscribed again (as the gateway does).
+        """
         category, req_id = conn.category, request.req_id
         if category is Category.SPOT and len(request.args) > protocol.SPOT_MAX_ARGS:
             conn.send_message(protocol.args_too_many(conn.conn_id, req_id))
@@ -301,10 +327,11 @@ class SimulatorServer:
             except TopicError:
                 bad.append(name)
                 continue
-            if not self.symbols.exists(topic.symbol):
+            if not self.symbols.exists(category, topic.symbol):
                 bad.append(name)
+                continue
             topics.append(topic)
-        if bad:  # one bad topic fails the whole request (reference §1, [obs])
+        if bad:  # one bad topic fails the whole request (docs/bybit-v5.md §1, [obs])
             self.stats["subscribe_failed"] += 1
             conn.send_message(protocol.invalid_topics(category, bad, conn.conn_id, req_id))
             return
@@ -466,6 +493,12 @@ class SimulatorServer:
         logger.info("fault injected: %s", json.dumps(result["fault"]))
         return result
 
+    def set_symbols(self, policy: SymbolPolicy) -> dict[str, Any]:
+        """Replace the symbol policy; subscribes from now on follow it (existing ones keep streaming)."""
+        self.symbols = policy
+        logger.info("symbol policy: %s", json.dumps(policy.describe()))
+        return {"ok": True, "symbols": policy.describe()}
+
     def state(self) -> dict[str, Any]:
         """Connections, subscriptions, active faults and counts (``GET /control/state``)."""
         now = time.monotonic()
@@ -484,6 +517,7 @@ class SimulatorServer:
             "seed": self.seed,
             "rate_hz": self.rate_hz,
             "idle_timeout": self.idle_timeout,
+            "symbols": self.symbols.describe(),
             "uptime_s": round(now - self._started_at, 3),
             "connections": conns,
             "topics": sorted(f"{k[0]}:{k[1]}" for k, subs in self._subscribers.items() if subs),
@@ -512,8 +546,50 @@ class SimulatorServer:
                 sock.sendall(http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
                 return
             sock.sendall(http_response(200, json.dumps(result).encode()))
+        elif path == "/control/symbols":
+            self._control_symbols(sock, head, rest)
         else:
             sock.sendall(http_response(404, b'{"error":"not found"}'))
+
+    def _control_symbols(self, sock: Any, head: RequestHead, rest: bytes) -> None:
+        if head.method == "GET":
+            body = {"symbols": self.symbols.describe(), "instruments": listings_state()}
+            sock.sendall(http_response(200, json.dumps(body).encode()))
+            return
+        if head.method != "POST":
+            sock.sendall(http_response(405, b'{"error":"use GET or POST"}'))
+            return
+        raw = _read_body(sock, head, rest)
+        if raw is None:
+            sock.sendall(http_response(413, b'{"ok":false,"error":"bad or missing content-length"}'))
+            return
+        try:
+            policy = _parse_symbols(json.loads(raw or b"null"), self.symbols)
+        except ValueError as exc:
+            sock.sendall(http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
+            return
+        sock.sendall(http_response(200, json.dumps(self.set_symbols(policy)).encode()))
+
+
+def _parse_symbols(obj: Any, current: SymbolPolicy) -> SymbolPolicy:
+    """``{"mode": "known"|"any", "reject": [...]}`` → a policy (other settings kept from ``current``)."""
+    if not isinstance(obj, dict):
+        raise ValueError("symbols command must be a json object")
+    unexpected = sorted(set(obj) - {"mode", "reject"})
+    if unexpected:
+        raise ValueError(f"unexpected key {unexpected[0]!r}")
+    mode = obj.get("mode", current.mode)
+    if mode not in SYMBOL_MODES:
+        raise ValueError(f"mode must be one of {', '.join(SYMBOL_MODES)}")
+    reject = obj.get("reject", sorted(current.reject))
+    if not isinstance(reject, list) or not all(isinstance(s, str) for s in reject):
+        raise ValueError("reject must be a list of symbols")
+    return SymbolPolicy(
+        mode=mode,
+        quotes=current.quotes,
+        reject=frozenset(s.upper() for s in reject),
+        reject_substring=current.reject_substring,
+    )
 
 
 def _read_head(sock: Any) -> tuple[bytes, bytes] | None:

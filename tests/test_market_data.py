@@ -353,3 +353,33 @@ def test_metrics_follow_the_data_path(gw):
     assert value(r'ws_messages_sent_total\{channel="-",type="subscribed"\}') >= 1
     assert 'ws_supervisor_circuit_state{child_id="exchange:bybit:spot"}' in text
     c.close()
+
+
+def test_make_run_refuses_an_unknown_symbol_while_btc_keeps_streaming():
+    """``make run`` as a trader sees it: the embedded simulator lists believable pairs only.
+
+    ``NOPEUSDT`` is refused upstream exactly as Bybit refuses it, and the
+    BTCUSDT subscription on the same connection keeps receiving data at a
+    believable price.
+    """
+    with GatewayProcess({"MARKET_SOURCE": "simulator", "POPULAR_PAIRS": "BTCUSDT"}) as g:
+        g.wait_for_log(lambda r: r.get("msg") == "exchange stream connected", timeout=10)
+        c = g.connect("mdnope")
+        c.recv()
+
+        def subscribe_on(symbol: str) -> None:
+            c.send({"type": "subscribe", "channel": "market-data", "data": {"symbol": symbol, "streams": ["ticker"]}})
+            reply = c.recv_until(lambda m: m["type"] == "subscribed" and m["data"]["symbol"] == symbol)
+            assert reply["channel"] == "market-data", reply
+
+        subscribe_on("BTCUSDT")
+        first = wait_data(c, "ticker")
+        assert first["symbol"] == "BTCUSDT" and 80_000 < Decimal(first["data"]["lastPrice"]) < 110_000
+        subscribe_on("NOPEUSDT")
+        err = c.recv_until(lambda m: m["type"] == "error", 10)
+        assert err["code"] == "upstream_rejected" and err["symbol"] == "NOPEUSDT", err
+        assert err["message"] == "bybit rejected NOPEUSDT (ticker): Invalid symbol :[tickers.NOPEUSDT]", err
+        after = collect(c, 1.0, lambda m: m["type"] == "data")
+        assert len(after) >= 3 and {m["symbol"] for m in after} == {"BTCUSDT"}
+        assert all(80_000 < Decimal(m["data"]["lastPrice"]) < 110_000 for m in after)
+        c.close()

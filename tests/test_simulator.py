@@ -8,10 +8,15 @@ tests run the server in-process: plain gevent here, and under
 
 Reply shapes are checked against the recorded frames in
 ``tests/fixtures/bybit-v5/``: same keys, same order, same value types.
+
+By default the simulator lists only its built-in instrument table
+(:mod:`simulator.instruments`); the tests that need made-up symbols start
+it with ``--symbols any`` or switch it through ``POST /control/symbols``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,8 +42,9 @@ from websocket import (
 
 from simulator import faults, frames, protocol
 from simulator.feeds import KlineFeed, LinearTickerFeed, OrderbookFeed
+from simulator.instruments import LISTINGS, QUOTE_USD, SymbolPolicy, listing
 from simulator.market import Instrument, instrument_spec, interval_bounds
-from simulator.protocol import Category, SymbolPolicy, Topic, TopicKind
+from simulator.protocol import Category, Topic, TopicKind
 from simulator.server import SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,10 +124,21 @@ def test_topics_parse_and_symbols_follow_the_policy():
     for bad in ("orderbook.500.BTCUSDT", "tickers.btcusdt", "kline.2.BTCUSDT", "trade.BTCUSDT", "tickers."):
         with pytest.raises(protocol.TopicError):
             protocol.parse_topic(bad)
-    policy = SymbolPolicy(reject=frozenset({"DOGEUSDT"}))
-    assert policy.exists("SOLUSDT") and policy.exists("ETHBTC")
-    assert not policy.exists("BTCUSD") and not policy.exists("FOOINVALIDUSDT")
-    assert not policy.exists("DOGEUSDT") and not policy.exists("USDT")
+    spot, linear = Category.SPOT, Category.LINEAR
+    known = SymbolPolicy(reject=frozenset({"DOGEUSDT"}))  # the default mode: the table only
+    assert known.mode == "known" and SymbolPolicy() == SymbolPolicy("known")
+    assert known.exists(spot, "SOLUSDT") and known.exists(linear, "SOLUSDT") and known.exists(spot, "ETHBTC")
+    assert not known.exists(linear, "ETHBTC") and not known.exists(spot, "1000PEPEUSDT")  # listed on one market
+    assert known.exists(linear, "1000PEPEUSDT") and known.exists(spot, "PEPEUSDT")
+    for unknown in ("NOPEUSDT", "SYM0001USDT", "BTCUSD", "DOGEUSDT", "USDT"):
+        assert not known.exists(spot, unknown) and not known.exists(linear, unknown), unknown
+    anything = SymbolPolicy("any", reject=frozenset({"DOGEUSDT"}))
+    assert anything.exists(spot, "SYM0001USDT") and anything.exists(linear, "NOPEUSDT")
+    assert anything.exists(linear, "ETHBTC") and anything.exists(spot, "SOLUSDT")
+    assert not anything.exists(spot, "BTCUSD") and not anything.exists(spot, "FOOINVALIDUSDT")
+    assert not anything.exists(spot, "DOGEUSDT") and not anything.exists(spot, "USDT")
+    with pytest.raises(ValueError, match="symbol mode"):
+        SymbolPolicy("all")
 
 
 def test_request_parsing():
@@ -135,14 +152,76 @@ def test_request_parsing():
 # --- pure: market and feeds -----------------------------------------------------------------
 
 
+#: Believable start prices (issue 11 item 7): the table must stay inside these bands.
+BELIEVABLE = {
+    "BTCUSDT": (90_000, 100_000),
+    "ETHUSDT": (3_000, 4_000),
+    "SOLUSDT": (150, 250),
+    "ADAUSDT": (Decimal("0.6"), Decimal("1.0")),
+    "XRPUSDT": (Decimal("1.5"), Decimal("2.5")),
+    "DOGEUSDT": (Decimal("0.15"), Decimal("0.25")),
+    "BNBUSDT": (600, 900),
+}
+
+
+def test_the_table_has_believable_prices_and_ticks_that_fit():
+    for symbol, (low, high) in BELIEVABLE.items():
+        row = listing(symbol)
+        assert row is not None and row.spot is not None and row.linear is not None, symbol
+        assert low <= Decimal(row.price) <= high, symbol
+    for row in LISTINGS:
+        for category in Category:
+            rules = row.rules(category)
+            if rules is None:
+                continue
+            spec = instrument_spec(category, row.symbol)
+            start = Decimal(spec.price(spec.start_units))
+            assert start == Decimal(row.price) and start % Decimal(rules.tick) == 0, row.symbol
+            # a tick at most 10 basis points of the price (BTC spot: 0.01 in 95,000); a size step at most
+            # about 100 USD (linear BTC: 0.001)
+            assert Decimal("1e-8") <= Decimal(rules.tick) / start <= Decimal("0.001"), (row.symbol, category)
+            assert Decimal(rules.qty_step) * start * Decimal(str(QUOTE_USD[row.quote])) <= 100, (row.symbol, category)
+
+
 def test_prices_are_exact_strings_with_the_right_tick():
     spot, linear = instrument_spec(Category.SPOT, "BTCUSDT"), instrument_spec(Category.LINEAR, "BTCUSDT")
     assert spot.price(6_000_000) == "60000" and spot.price(7_584_540) == "75845.4"
     assert linear.price(6_000_000) == "60000.00" and linear.tick_units == 10
-    assert spot.start_units == 6_000_000 and instrument_spec(Category.SPOT, "ETHUSDT").start_units == 300_000
-    other = instrument_spec(Category.SPOT, "SOLUSDT")
-    assert other == instrument_spec(Category.SPOT, "SOLUSDT")  # stable: from a hash, not hash()
+    assert spot.price(spot.start_units) == "95000" and linear.price(linear.start_units) == "95000.00"
+    sol = instrument_spec(Category.LINEAR, "SOLUSDT")
+    assert (sol.price_decimals, sol.tick_units, sol.qty(15)) == (3, 10, "1.5")  # tick 0.010, step 0.1
+    assert instrument_spec(Category.SPOT, "DOGEUSDT").price(20_000) == "0.2"
+    # a symbol outside the table (``any`` policy only): derived from a stable hash, not hash()
+    other = instrument_spec(Category.SPOT, "SYM0001USDT")
+    assert other == instrument_spec(Category.SPOT, "SYM0001USDT")
     assert 0.01 <= other.start_units / 10**other.price_decimals <= 1000
+    eth_eur = instrument_spec(Category.SPOT, "ETHEUR")  # the base coin's table price, over the quote's
+    assert 2_500 < eth_eur.start_units / 10**eth_eur.price_decimals < 3_500
+
+
+def walk(category: Category, symbol: str, steps: int) -> None:
+    """``steps`` updates at 10 Hz: every price on the tick, within a few percent of the table's."""
+    spec = instrument_spec(category, symbol)
+    inst = Instrument(spec, seed=7)
+    start, seen = spec.start_units, set()
+    for step in range(steps):
+        inst.step(step * 100)
+        assert inst.price % spec.tick_units == 0 and inst.bid < inst.ask
+        assert all(t.price_units % spec.tick_units == 0 and t.qty_units > 0 for t in inst.trades)
+        seen.add(inst.price)
+        assert abs(inst.price - start) / start < 0.03, (symbol, spec.price(inst.price))
+    assert len(seen) > 1, symbol  # it does move (PEPE, 10 bp a tick, only now and then)
+    assert inst.low_24h <= inst.last_price <= inst.high_24h
+    assert abs(inst.high_24h - inst.low_24h) / start < 0.1, symbol
+
+
+@pytest.mark.parametrize("category", list(Category))
+def test_the_walk_moves_in_ticks_and_stays_believable(category):
+    for row in LISTINGS:  # five minutes each
+        if row.rules(category) is not None:
+            walk(category, row.symbol, 3_000)
+    walk(category, "BTCUSDT", 36_000)  # an hour: the pull towards the start price holds it
+    walk(category, "DOGEUSDT", 36_000)  # a price of few ticks' worth moves relatively, too
 
 
 def apply_levels(side: dict[Decimal, Decimal], levels: list[list[str]]) -> None:
@@ -309,8 +388,9 @@ class Sim:
         return self.http("GET", "/control/state")[1]
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Sim]:
+@contextlib.contextmanager
+def running_simulator(*extra: str) -> Iterator[Sim]:
+    """``python -m simulator --port 0 ... *extra`` in a subprocess, stopped with SIGTERM."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -324,6 +404,7 @@ def sim() -> Iterator[Sim]:
             "0",
             "--log-level",
             "WARNING",
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -337,6 +418,13 @@ def sim() -> Iterator[Sim]:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Sim]:
+    """The simulator as ``make run`` has it: the built-in instrument table only."""
+    with running_simulator() as running:
+        yield running
 
 
 @pytest.fixture
@@ -408,7 +496,8 @@ def test_control_ping_frames_get_pongs(connect):
 
 
 def test_spot_rejects_more_than_ten_args_and_linear_does_not(connect):
-    args = [f"tickers.C{i}USDT" for i in range(11)]
+    args = [f"tickers.{row.symbol}" for row in LISTINGS if row.linear is not None][:11]
+    assert len(args) == 11
     reply = subscribe(connect("spot"), *args)
     assert reply == {"success": False, "ret_msg": "args size >10", "conn_id": reply["conn_id"], "op": "subscribe"}
     assert subscribe(connect("linear"), *args)["success"] is True
@@ -427,6 +516,159 @@ def test_invalid_symbols_fail_with_each_markets_shape(connect):
     assert recv(linear_ws)["topic"] == "kline.1.BTCUSDT"
     dup = subscribe(linear_ws, "kline.1.BTCUSDT")
     assert dup["ret_msg"] == "error:already subscribed,topic:kline.1.BTCUSDT" and dup["success"] is False
+
+
+def no_frames(ws: WebSocket, seconds: float = 0.3) -> None:
+    """Nothing at all arrives for ``seconds`` (15 updates at 50 Hz)."""
+    ws.settimeout(seconds)
+    with pytest.raises(WebSocketTimeoutException):
+        _opcode, data = ws.recv_data()
+        raise AssertionError(f"unexpected frame {data!r}")
+    ws.settimeout(2)
+
+
+def test_an_unknown_spot_symbol_gets_bybits_exact_reply_and_no_data(sim, connect):
+    ws = connect("spot")
+    recorded = fixture("subscribe_fail_spot_invalid_symbol")
+    reply = subscribe(ws, "tickers.NOPEUSDT")
+    assert shape(reply) == shape(recorded)  # same keys, same order, same value types
+    assert reply == {**recorded, "ret_msg": "Invalid symbol :[tickers.NOPEUSDT]", "conn_id": reply["conn_id"]}
+    # a req_id is echoed, where every spot reply carries it
+    reply = subscribe(ws, "orderbook.50.NOPEUSDT", req_id="7")
+    assert list(reply) == ["success", "ret_msg", "conn_id", "req_id", "op"]
+    assert (reply["success"], reply["ret_msg"], reply["req_id"]) == (
+        False,
+        "Invalid symbol :[orderbook.50.NOPEUSDT]",
+        "7",
+    )
+    # one bad arg fails the whole request (docs/bybit-v5.md §1): BTCUSDT of the same request is not subscribed
+    reply = subscribe(ws, "tickers.BTCUSDT", "publicTrade.NOPEUSDT", "tickers.SYM0001USDT")
+    assert reply["ret_msg"] == "Invalid symbol :[publicTrade.NOPEUSDT,tickers.SYM0001USDT]"
+    # listed on linear only: unknown on spot
+    assert subscribe(ws, "tickers.1000PEPEUSDT")["ret_msg"] == "Invalid symbol :[tickers.1000PEPEUSDT]"
+    no_frames(ws)
+    assert not [t for t in sim.state()["topics"] if "NOPE" in t or "SYM0001" in t or "1000PEPE" in t]
+    # the connection still works
+    assert subscribe(ws, "tickers.BTCUSDT")["success"] is True
+    assert recv(ws)["topic"] == "tickers.BTCUSDT"
+
+
+def test_an_unknown_linear_symbol_gets_bybits_exact_reply_and_no_data(sim, connect):
+    ws = connect("linear")
+    recorded = fixture("subscribe_fail")
+    reply = subscribe(ws, "tickers.NOPEUSDT", req_id="dcp.future")
+    assert shape(reply) == shape(recorded)
+    expected = "error:handler not found,topic:tickers.NOPEUSDT"
+    assert reply == {**recorded, "ret_msg": expected, "conn_id": reply["conn_id"]}
+    # the whole request fails and the reply names its first bad topic; ETHBTC is listed on spot only
+    reply = subscribe(ws, "orderbook.50.BTCUSDT", "tickers.ETHBTC", "kline.1.NOPEUSDT")
+    assert shape(reply) == shape(recorded) and reply["req_id"] == ""
+    assert reply["ret_msg"] == "error:handler not found,topic:tickers.ETHBTC" and reply["success"] is False
+    no_frames(ws)
+    assert not [t for t in sim.state()["topics"] if "NOPE" in t or "ETHBTC" in t]
+    assert subscribe(ws, "tickers.1000PEPEUSDT")["success"] is True  # linear only, and listed here
+    assert recv(ws)["data"]["symbol"] == "1000PEPEUSDT"
+
+
+@pytest.mark.parametrize("category", ["spot", "linear"])
+def test_popular_pairs_start_near_the_table_on_the_tick(connect, category):
+    ws = connect(category)
+    assert subscribe(ws, *[f"tickers.{symbol}" for symbol in BELIEVABLE])["success"] is True
+    first: dict[str, dict[str, Any]] = {}
+    while len(first) < len(BELIEVABLE):
+        message = recv(ws)
+        first.setdefault(message["data"]["symbol"], message["data"])
+    fields = ["lastPrice", "highPrice24h", "lowPrice24h", "prevPrice24h"]
+    if category == "linear":
+        fields += ["prevPrice1h", "markPrice", "indexPrice", "bid1Price", "ask1Price"]
+    for symbol, data in first.items():
+        row = listing(symbol)
+        assert row is not None
+        rules = row.rules(Category(category))
+        assert rules is not None
+        low, high = BELIEVABLE[symbol]
+        for name in fields:
+            text = data[name]
+            price = Decimal(text)
+            assert Decimal(low) * Decimal("0.9") < price < Decimal(high) * Decimal("1.1"), (symbol, name, text)
+            assert price % Decimal(rules.tick) == 0, (symbol, name, text)
+            decimals = len(text.partition(".")[2])
+            if category == "linear":  # fixed decimals, as Bybit prints them: "95000.10", "180.020"
+                assert decimals == rules.price_decimals, (symbol, name, text)
+            else:  # no trailing zeros: "95000", "0.2"
+                assert decimals <= rules.price_decimals and not text.endswith(".0"), (symbol, name, text)
+        last = Decimal(data["lastPrice"])
+        assert abs(last - Decimal(row.price)) / Decimal(row.price) < Decimal("0.01"), (symbol, last)
+
+
+@pytest.mark.parametrize("category", ["spot", "linear"])
+def test_books_and_trades_respect_tick_and_size_step(connect, category):
+    ws = connect(category)
+    assert subscribe(ws, "orderbook.50.SOLUSDT", "publicTrade.DOGEUSDT", "kline.1.ADAUSDT")["success"] is True
+    checked = 0
+    while checked < 30:
+        message = recv(ws)
+        symbol = message["topic"].rsplit(".", 1)[1]
+        row = listing(symbol)
+        rules = row.rules(Category(category)) if row is not None else None
+        assert rules is not None, symbol
+        tick, step = Decimal(rules.tick), Decimal(rules.qty_step)
+        if message["topic"].startswith("orderbook"):
+            levels = message["data"]["b"] + message["data"]["a"]
+            pairs = [(Decimal(p), Decimal(q)) for p, q in levels]
+        elif message["topic"].startswith("publicTrade"):
+            pairs = [(Decimal(t["p"]), Decimal(t["v"])) for t in message["data"]]
+        else:
+            candle = message["data"][0]
+            pairs = [(Decimal(candle[k]), Decimal(candle["volume"])) for k in ("open", "high", "low", "close")]
+        for price, size in pairs:
+            assert price % tick == 0 and size % step == 0, (message["topic"], price, size)
+        checked += 1
+
+
+def test_symbols_any_lists_made_up_symbols():
+    """``python -m simulator --symbols any``: what benchmarks use for symbols like SYM0001USDT."""
+    with running_simulator("--symbols", "any") as any_sim:
+        spot = create_connection(any_sim.url("spot"), timeout=2)
+        linear = create_connection(any_sim.url("linear"), timeout=2)
+        try:
+            assert subscribe(spot, "tickers.SYM0001USDT")["success"] is True
+            assert recv(spot)["data"]["symbol"] == "SYM0001USDT"
+            assert subscribe(linear, "publicTrade.SYM0002USDT", "tickers.ETHBTC")["success"] is True
+            assert {recv(linear)["topic"] for _ in range(4)} == {"publicTrade.SYM0002USDT", "tickers.ETHBTC"}
+            failed = subscribe(linear, "tickers.FOOINVALIDUSDT")
+            assert failed["ret_msg"] == "error:handler not found,topic:tickers.FOOINVALIDUSDT"
+            assert any_sim.state()["symbols"]["mode"] == "any"
+        finally:
+            spot.close(timeout=0.2)
+            linear.close(timeout=0.2)
+
+
+def test_control_api_shows_and_switches_the_symbol_policy(sim, connect):
+    status, body = sim.http("GET", "/control/symbols")
+    assert status == 200 and body["symbols"]["mode"] == "known"
+    assert {
+        "symbol": "BTCUSDT",
+        "price": "95000",
+        "spot": {"tick": "0.01", "qty_step": "0.000001"},
+        "linear": {"tick": "0.10", "qty_step": "0.001"},
+    } in body["instruments"]
+    ws = connect("spot")
+    try:
+        status, body = sim.http("POST", "/control/symbols", {"mode": "any"})
+        assert status == 200 and body["ok"] is True and body["symbols"]["mode"] == "any"
+        assert subscribe(ws, "tickers.SYM0001USDT")["success"] is True
+        assert sim.http("POST", "/control/symbols", {"mode": "every"}) == (
+            400,
+            {"ok": False, "error": "mode must be one of known, any"},
+        )
+        status, body = sim.http("POST", "/control/symbols", {"mode": "known", "reject": ["ETHUSDT"]})
+        assert status == 200 and body["symbols"]["reject"] == ["ETHUSDT"]
+        assert subscribe(ws, "tickers.ETHUSDT")["ret_msg"] == "Invalid symbol :[tickers.ETHUSDT]"
+    finally:
+        assert sim.http("POST", "/control/symbols", {"mode": "known", "reject": []})[0] == 200
+    assert subscribe(ws, "tickers.SYM0002USDT")["ret_msg"] == "Invalid symbol :[tickers.SYM0002USDT]"
+    assert sim.state()["symbols"] == {"mode": "known", "reject": [], "reject_substring": "INVALID"}
 
 
 @pytest.mark.parametrize("category", ["spot", "linear"])
@@ -459,7 +701,7 @@ def test_every_topic_streams_with_bybits_types(connect, category):
     now_ms = time.time() * 1000
     assert all(abs(m["ts"] - now_ms) < 5000 for m in seen.values())
     price = Decimal(ticker["data"]["lastPrice"])
-    assert 50_000 < price < 70_000 and price % Decimal("0.01") == 0
+    assert 90_000 < price < 100_000 and price % Decimal("0.01" if category == "spot" else "0.10") == 0
 
 
 def test_orderbook_u_rises_by_one_and_the_book_stays_sane(connect):
@@ -473,7 +715,7 @@ def test_orderbook_u_rises_by_one_and_the_book_stays_sane(connect):
         message = recv(ws)
         assert message["type"] == "delta" and message["topic"] == "orderbook.50.ETHUSDT"
         book.apply(message)
-    assert 2500 < min(book.asks) < 3500
+    assert 3300 < min(book.asks) < 3700
 
 
 def test_linear_tickers_are_a_snapshot_then_deltas(connect):
@@ -497,6 +739,7 @@ def test_control_state_lists_connections_and_subscriptions(sim, connect):
     mine = [c for c in state["connections"] if c["subscriptions"] == ["publicTrade.SOLUSDT"]]
     assert len(mine) == 1 and mine[0]["category"] == "linear" and mine[0]["messages_sent"] >= 2
     assert "linear:publicTrade.SOLUSDT" in state["topics"] and state["counts"]["messages_sent"] > 0
+    assert state["symbols"]["mode"] == "known"
     assert sim.http("POST", "/control/fault", {"fault": "nap"}) == (400, {"ok": False, "error": "unknown fault 'nap'"})
     assert sim.http("GET", "/nothing")[0] == 404
 
