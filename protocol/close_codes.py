@@ -2,7 +2,9 @@
 
 RFC 6455 §7.4.1 codes plus ours in 4000–4999 (§7.4.2). Ours are split the
 way Centrifugo splits them: 4000–4499 mean "reconnect (after a backoff)",
-4500–4999 mean "do not reconnect with the same credentials or request".
+4500–4999 mean "do not reconnect with the same credentials or request",
+except 4503, which is temporary: a slot frees when another connection of
+the user ends, so the client waits (a long backoff) rather than gives up.
 docs/protocol.md renders this table; ``tests/test_protocol_docs.py`` checks
 the two agree.
 """
@@ -83,6 +85,7 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         "More than 20 `error` replies within 10 s: the client keeps sending what the "
         "protocol refuses. Fix it, then reconnect after a backoff."),
     CloseCode.CONNECTION_LIMIT: CloseInfo(
-        "too many connections", ClientAction.DO_NOT_RECONNECT,
-        "The user already has the maximum number of open connections; close one first."),
+        "too many connections", ClientAction.BACK_OFF,
+        "Temporary: the user already has the maximum number of open connections. Close another "
+        "of them, or retry after a long backoff (30 s or more), never at once."),
 }

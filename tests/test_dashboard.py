@@ -280,7 +280,8 @@ def test_dashboard_shows_live_prices_book_trades_and_health(browser: Browser, ga
     # The page's pure helpers: the close-code table and exact decimals.
     policy = browser.js("""(() => { const p = window.dashboard.closePolicy, d = window.dashboard.decimal;
         return {hinted: p(1001, 'server shutting down; reconnect in 1234ms', 3), plain: p(1001, '', 0),
-                no: [4503, 1002, 1003, 1007, 1009, 1000].map(c => p(c, '', 0).reconnect),
+                no: [1002, 1003, 1007, 1009, 1000].map(c => p(c, '', 0).reconnect),
+                limit: Array.from({length: 50}, () => p(4503, '', 0)),
                 yes: [1006, 4000, 4001, 4002, 1011].map(c => p(c, '', 0).reconnect),
                 capped: Math.max(...Array.from({length: 200}, () => p(1006, '', 50).delayMs)),
                 pct: [d.percentFromFraction('0.0196'), d.percentFromFraction('-0.158315'),
@@ -288,7 +289,9 @@ def test_dashboard_shows_live_prices_book_trades_and_health(browser: Browser, ga
                 sub: d.subDec('60010.21', '60010.19'), cmp: d.cmpDec('9.9', '10.00')}; })()""")
     assert policy["hinted"]["delayMs"] == 1234 and policy["hinted"]["hinted"]
     assert 0 <= policy["plain"]["delayMs"] < 5000
-    assert policy["no"] == [False] * 6 and policy["yes"] == [True] * 5
+    assert policy["no"] == [False] * 5 and policy["yes"] == [True] * 5
+    # 4503 is temporary: retried, but only after 30–60 s.
+    assert all(x["reconnect"] and 30000 <= x["delayMs"] < 60000 for x in policy["limit"])
     assert policy["capped"] < 10000
     assert policy["pct"] == ["+1.96 %", "-15.83 %", "0.00 %", "0.00 %"]
     assert policy["sub"] == "0.02" and policy["cmp"] == -1
@@ -337,9 +340,9 @@ def test_platform_browser_example_receives_market_data(browser: Browser, gateway
     assert isinstance(last, str) and Decimal(last) > 0
 
 
-def test_dashboard_pasted_token_does_not_reconnect_on_connection_limit(
+def test_dashboard_waits_long_on_connection_limit(
         browser: Browser, gateway: GatewayProcess) -> None:
-    """4503 (too many connections) is final: the page says so and stays closed."""
+    """4503 (too many connections) is temporary: the page says why and retries after 30–60 s, not at once."""
     token = gateway.token("dave")
     held = [gateway.connect(token=token) for _ in range(5)]
     try:
@@ -348,11 +351,11 @@ def test_dashboard_pasted_token_does_not_reconnect_on_connection_limit(
         browser.open(f"http://127.0.0.1:{gateway.port}/")
         browser.js(f"document.querySelector('#token').value = {json.dumps(token)}")
         browser.click("#connect")
-        browser.wait("document.querySelector('#conn-state').dataset.state === 'closed'", "closed with 4503")
-        assert browser.text("#conn-state") == "closed 4503"
-        assert "close one first" in browser.text("#conn-detail")
-        time.sleep(1.0)  # nothing is scheduled: it stays closed
-        assert browser.js("document.querySelector('#conn-state').dataset.state") == "closed"
+        browser.wait("document.querySelector('#conn-state').dataset.state === 'reconnecting'", "waiting after 4503")
+        assert browser.js("document.querySelector('#conn-state').dataset.closeCode") == "4503"
+        assert "close another one, or wait" in browser.text("#conn-detail")
+        assert int(browser.js("document.querySelector('#conn-state').dataset.retryMs")) > 25000
+        time.sleep(1.0)  # no new attempt within the wait
         assert [c["code"] for c in browser.js("window.dashboard.closes")] == [4503]
     finally:
         for client in held:

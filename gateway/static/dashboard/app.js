@@ -19,6 +19,7 @@
   const BACKOFF_CAP_MS = 10000;
   const GOING_AWAY_MAX_MS = 5000;
   const HINT_MAX_MS = 60000;
+  const LIMIT_WAIT_MS = 30000; // 4503: 30–60 s before trying again
   const STABLE_AFTER_MS = 10000; // a connection up this long resets the backoff
 
   // docs/protocol.md, "Close codes": what the client should do.
@@ -34,7 +35,7 @@
     4001: ['backoff', 'slow consumer'],
     4002: ['backoff', 'heartbeat timeout'],
     4003: ['backoff', 'rate limited'],
-    4503: ['stop', 'too many connections for this user: close one first'],
+    4503: ['wait', 'too many connections for this user: close another one, or wait'],
   };
 
   function backoffDelay(attempt) {
@@ -57,6 +58,8 @@
       [kind, note] = ['backoff', 'connection closed'];
     }
     if (kind === 'stop') return { reconnect: false, delayMs: null, note, hinted: false };
+    // Temporary (4503): a slot frees when another connection of the user ends; retry slowly.
+    if (kind === 'wait') return { reconnect: true, delayMs: LIMIT_WAIT_MS + Math.floor(Math.random() * LIMIT_WAIT_MS), note, hinted: false };
     if (kind === 'hint') {
       const match = /reconnect in (\d+)\s*ms/i.exec(reason || '');
       if (match) return { reconnect: true, delayMs: Math.min(Number(match[1]), HINT_MAX_MS), note, hinted: true };
