@@ -23,6 +23,7 @@ from gateway.hub import Hub
 from gateway.server import Gateway
 from metrics.definitions import build as build_metrics
 from tests.harness import GatewayProcess
+from tests.redis_server import RedisServer
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -117,3 +118,45 @@ def test_a_blocked_loop_is_not_alive():
     assert response.status_code == 503 and body["status"] == "stalled"
     assert body["reason"].startswith("no sweep for 6.0 s")
     gateway._sweeper.kill()
+
+
+def _metric(gw: GatewayProcess, name: str) -> float | None:
+    text = urllib.request.urlopen(gw.http + "/metrics", timeout=5).read().decode()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else None
+
+
+def _until(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_redis_outage_is_reported_but_leaves_the_node_ready():
+    redis = RedisServer().start()
+    gw = GatewayProcess({"REDIS_URL": redis.url, "LOG_LEVEL": "INFO"}).start()
+    try:
+        assert _until(lambda: _metric(gw, "ws_redis_connected") == 1.0)
+        redis.stop()
+        assert _until(lambda: _metric(gw, "ws_redis_connected") == 0.0)
+        status, body = _get(gw.http + "/health")
+        assert (status, body["status"]) == (200, "degraded")
+        assert _get(gw.http + "/readyz") == (200, {"status": "ready", "connections": 0})
+        assert _get(gw.http + "/livez")[0] == 200
+    finally:
+        gw.stop()
+        redis.cleanup()
+    lost = [json.loads(x) for x in gw.lines if "redis connection lost" in x]
+    assert lost and lost[0]["level"] == "ERROR"
+
+
+def test_without_redis_there_is_no_redis_gauge():
+    gw = GatewayProcess().start()
+    try:
+        assert _metric(gw, "ws_redis_connected") is None
+    finally:
+        gw.stop()
