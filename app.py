@@ -26,14 +26,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gevent
 
 from brokers.memory import MemoryBroker
 from gateway.auth import Authenticator
-from gateway.config import VARIABLES, ConfigError, Settings, unknown_variables
+from gateway.config import DEMO_SECRET_FILE, VARIABLES, ConfigError, Settings, unknown_variables
 from gateway.http import create_app
 from gateway.hub import Hub
 from gateway.logs import configure_logging
@@ -46,9 +45,6 @@ from supervision import Supervisor, exit_process
 from transport.handler import GatewayServer
 
 log = logging.getLogger("gateway")
-
-DEMO_SECRET_FILE = Path(".demo") / "jwt_secret"
-
 
 @dataclass
 class System:

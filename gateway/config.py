@@ -27,7 +27,11 @@ import jwt
 from gateway.auth import Authenticator, demo_secret
 from gateway.logs import redact
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable", "unknown_variables"]
+__all__ = ["DEMO_SECRET_FILE", "VARIABLES", "ConfigError", "Settings", "Variable", "unknown_variables"]
+
+# In DEMO_MODE the generated key is kept here (relative to the working
+# directory), so `make token` / `trading-gateway token` can mint for it.
+DEMO_SECRET_FILE = Path(".demo") / "jwt_secret"
 
 
 class ConfigError(Exception):

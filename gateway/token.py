@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway.auth import mint_token
-
-DEMO_SECRET_FILE = Path(".demo") / "jwt_secret"
+from gateway.config import DEMO_SECRET_FILE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,8 +84,9 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         env = {**os.environ, WORKER_ENV: str(index)}
-        # Workers inherit stdout/stderr: one log stream, each line tagged worker=i.
-        self.procs[index] = subprocess.Popen([sys.executable, str(self.app)], cwd=self.app.parent, env=env)
+        # Workers inherit stdout/stderr (one log stream, each line tagged worker=i) and
+        # the working directory (an installed app.py lives in site-packages; .demo/ does not).
+        self.procs[index] = subprocess.Popen([sys.executable, str(self.app)], env=env)
 
     def _wait_ready(self, index: int, deadline: float) -> None:
         host = self.settings.host if self.settings.host not in ("0.0.0.0", "") else "127.0.0.1"
