@@ -28,6 +28,24 @@ def test_text_format_carries_fields(capture):
     assert line.endswith('WARNING t child failed child_id=x msg="two words"')
 
 
+def test_text_format_leaves_out_empty_fields_and_json_keeps_them(capture):
+    fields = {"event": "restart_scheduled", "phase": None, "exc_type": None, "delay_s": 0.25, "note": ""}
+    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    logging.getLogger("t").info("child restarted", extra={"fields": fields})
+    assert capture.getvalue().strip().endswith("INFO t child restarted event=restart_scheduled delay_s=0.25")
+    capture.seek(0), capture.truncate()
+    configure_logging({"LOG_FORMAT": "json"}, stream=capture)
+    logging.getLogger("t").info("child restarted", extra={"fields": fields})
+    record = json.loads(capture.getvalue())
+    assert record["phase"] is None and record["exc_type"] is None and record["delay_s"] == 0.25
+
+
+def test_a_password_in_a_url_is_redacted(capture):
+    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    logging.getLogger("t").error("redis unreachable at %s", "redis://:placeholder-pw@10.0.0.5:6379/0")
+    assert capture.getvalue().strip().endswith("redis unreachable at redis://:[redacted]@10.0.0.5:6379/0")
+
+
 def test_json_format_is_one_object_per_line(capture):
     configure_logging({"LOG_FORMAT": "json"}, stream=capture)
     logging.getLogger("t").info("hello", extra={"fields": {"n": 3}})
