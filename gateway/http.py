@@ -30,10 +30,14 @@ VERSION = "0.1.0"
 PUBLISHABLE = PRIVATE_CHANNELS
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": code, "message": message})
+def _json(body: Any, status: int) -> Response:
+    response = jsonify(body)
     response.status_code = status
     return response
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json({"error": code, "message": message}, status)
 
 
 def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool, Any]]] | None = None,
@@ -63,17 +67,13 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         status = ("degraded" if degraded else "ok") if ok else "unavailable"
         body = {"status": status, "uptime": round(time.time() - started, 3),
                 "connections": len(gateway.hub.sessions), "components": components}
-        response = jsonify(body)
-        response.status_code = 200 if ok else 503
-        return response
+        return _json(body, 200 if ok else 503)
 
     @app.get("/livez")
     def livez() -> Response:
         """Liveness for an orchestrator: 503 only when a restart is what helps (docs/operations.md)."""
         alive, detail = gateway.liveness()
-        response = jsonify(detail)
-        response.status_code = 200 if alive else 503
-        return response
+        return _json(detail, 200 if alive else 503)
 
     @app.get("/readyz")
     def readyz() -> Response:
@@ -86,9 +86,7 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         else:
             body, ok = {"status": "ready"}, True
         body["connections"] = len(gateway.hub.sessions)
-        response = jsonify(body)
-        response.status_code = 200 if ok else 503
-        return response
+        return _json(body, 200 if ok else 503)
 
     @app.get("/ws/stats")
     def stats() -> Response:
@@ -157,9 +155,7 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
             # Refused, never accepted and then lost.
             return _error(503, "broker_unavailable", "the message broker is unavailable; nothing was published")
         gateway.metrics.publications.labels(channel.value).inc()
-        response = jsonify({"published": True, "channel": channel.value, "offset": pub.offset, "epoch": pub.epoch})
-        response.status_code = 202
-        return response
+        return _json({"published": True, "channel": channel.value, "offset": pub.offset, "epoch": pub.epoch}, 202)
 
     @app.post("/api/demo/token")
     def demo_token() -> Response:
