@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     done = gevent.event.Event()
 
     def on_signal(signum: int) -> None:
+        # Draining first, in the signal's own callback: no request handled after
+        # this moment may answer as if the node were still taking clients.
+        system.gateway.draining = True
         log.info("received %s", signal.Signals(signum).name)
         gevent.spawn(lambda: (system.shutdown(), done.set()))
 

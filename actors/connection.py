@@ -28,6 +28,7 @@ from metrics.definitions import child
 from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ErrorCode
+from protocol.limits import TokenBucket
 from protocol.messages import (
     BotCommand,
     Ping,
@@ -55,8 +56,7 @@ log = logging.getLogger("gateway.connection")
 _TYPE_NAMES = {Subscribe: "subscribe", Unsubscribe: "unsubscribe", Ping: "ping", Refresh: "refresh",
                BotCommand: "bot_command"}
 
-# More errors than this within the window closes the connection with 4003.
-ERROR_BUDGET = 20
+# More errors than WS_ERROR_BUDGET within the window closes the connection with 4003.
 ERROR_WINDOW = 10.0
 
 
@@ -78,6 +78,9 @@ class ConnectionActor(GeventActor):
         self.subscriptions: dict[tuple[Channel, Any], list[ChannelKey]] = {}
         self._errors: deque[float] | None = None  # made on the first error: most connections never err
         self._closed = False
+        s = gateway.settings
+        self._budget = TokenBucket(s.command_rate, s.command_burst, time.monotonic())
+        self._error_budget = s.error_budget
 
     # -- helpers -----------------------------------------------------------------
 
@@ -95,7 +98,7 @@ class ConnectionActor(GeventActor):
         errors.append(now)
         while errors and errors[0] < now - ERROR_WINDOW:
             errors.popleft()
-        if len(errors) > ERROR_BUDGET:
+        if len(errors) > self._error_budget:
             self._close(CloseCode.RATE_LIMITED)
 
     def _close(self, code: CloseCode, reason: str | None = None, *, discard_pending: bool = False) -> None:
@@ -135,6 +138,13 @@ class ConnectionActor(GeventActor):
 
     def _handle(self, msg: Any) -> None:
         child(self.gateway.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
+        if not self._budget.take(time.monotonic()):
+            # Refused, not queued: the client is told, and a client that keeps
+            # flooding runs out of its error budget too (4003).
+            s = self.gateway.settings
+            self._error(ErrorCode.RATE_LIMITED, f"more than {s.command_rate} messages a second "
+                        f"(burst {s.command_burst}): this one was not handled", request_id=msg.request_id)
+            return
         if isinstance(msg, Subscribe):
             self._subscribe(msg)
         elif isinstance(msg, Unsubscribe):

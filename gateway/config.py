@@ -71,6 +71,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WS_QUEUE_BYTES", "1048576", "outbound queue per connection in bytes (4001 above)"),
     Variable("WS_WRITE_TIMEOUT", "1000", "ms a write may block (4001 after)"),
     Variable("WS_SWEEP_INTERVAL", "1000", "ms between liveness sweeps"),
+    Variable("WS_COMMAND_RATE", "20", "client messages per second a connection may sustain (rate_limited above)"),
+    Variable("WS_COMMAND_BURST", "40", "client messages a connection may send at once"),
+    Variable("WS_ERROR_BUDGET", "20", "error replies within 10 s before the connection is closed with 4003"),
+    Variable("WS_PING_RATE", "5", "WebSocket pings per second a client may sustain, burst 4x (1008 above)"),
+    Variable("WS_MESSAGE_DEADLINE", "10000", "ms a started message (fragments, a partial frame) may take (1008)"),
+    Variable("WS_MAX_CONNECTIONS", "0", "connections this process takes; 503 before the upgrade at the cap "
+             "(0: the open-file limit minus 256)"),
+    Variable("WS_MAX_CONNECTIONS_PER_ADDRESS", "500", "user connections from one client address; 429 above"),
+    Variable("WS_TRUSTED_PROXIES", "", "comma-separated proxy addresses whose X-Forwarded-For names the client"),
+    Variable("WS_REQUIRE_ORIGIN", "false", "with WS_ALLOWED_ORIGINS: refuse upgrades without an Origin header too"),
     Variable("SHUTDOWN_TIMEOUT", "10000", "ms the shutdown may take"),
     Variable("MARKET_SOURCE", "bybit", "bybit, simulator (in-process, the make run default) or none"),
     Variable("BYBIT_TESTNET", "true", "false for Bybit mainnet"),
@@ -228,6 +238,15 @@ class Settings:
     max_queue_bytes: int = 1024 * 1024
     write_timeout: float = 1.0
     sweep_interval: float = 1.0
+    command_rate: int = 20
+    command_burst: int = 40
+    error_budget: int = 20
+    ping_rate: int = 5
+    message_deadline: float = 10.0
+    max_connections: int = 0  # 0: from the open-file limit (gateway/server.py)
+    max_connections_per_address: int = 500
+    trusted_proxies: frozenset[str] = frozenset()
+    require_origin: bool = False
     shutdown_timeout: float = 10.0
     test_echo_route: bool = False
     # market data
@@ -320,6 +339,15 @@ class Settings:
             max_queue_bytes=e.int("WS_QUEUE_BYTES", 1024),
             write_timeout=e.ms("WS_WRITE_TIMEOUT"),
             sweep_interval=e.ms("WS_SWEEP_INTERVAL"),
+            command_rate=e.int("WS_COMMAND_RATE", 1),
+            command_burst=e.int("WS_COMMAND_BURST", 1),
+            error_budget=e.int("WS_ERROR_BUDGET", 1),
+            ping_rate=e.int("WS_PING_RATE", 1),
+            message_deadline=e.ms("WS_MESSAGE_DEADLINE"),
+            max_connections=e.int("WS_MAX_CONNECTIONS", 0),
+            max_connections_per_address=e.int("WS_MAX_CONNECTIONS_PER_ADDRESS", 1),
+            trusted_proxies=frozenset(e.items("WS_TRUSTED_PROXIES")),
+            require_origin=e.flag("WS_REQUIRE_ORIGIN"),
             shutdown_timeout=e.ms("SHUTDOWN_TIMEOUT"),
             test_echo_route=e.flag("GATEWAY_TEST_ECHO"),
             market_source=e.choice("MARKET_SOURCE", ("bybit", "simulator", "none")),

@@ -7,7 +7,6 @@ a plain GET of ``/ws`` gets 426 here.
 from __future__ import annotations
 
 import hmac
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from brokers.broker import BrokerUnavailable
 from gateway.auth import AuthError, Principal
 from gateway.dashboard import blueprint as dashboard_blueprint
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
+from protocol.errors import ProtocolError
+from protocol.messages import decode_json
 
 __all__ = ["VERSION", "create_app"]
 
@@ -90,7 +91,11 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
 
     @app.get("/ws/stats")
     def stats() -> Response:
+        """The platform's stats. User ids (``connectionsByUser``) only with a service credential."""
         body = gateway.hub.stats()
+        if _service_principal() is None:
+            del body["connectionsByUser"]
+            body["users"] = len(gateway.hub.by_user)
         for section in stats_sections:
             name, value = section()
             body[name] = value
@@ -132,9 +137,10 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
             gateway.metrics.auth_failures.labels("service").inc()
             return _error(401, "unauthorized", "publishing needs a service token or the service API key")
         try:
-            body = json.loads(request.get_data(cache=False) or b"null")
-        except ValueError:
-            return _error(400, "invalid_json", "body is not valid JSON")
+            body = decode_json(request.get_data(cache=False) or b"null")
+        except ProtocolError as exc:
+            # Refused before anything is published: never a 202 for data no subscriber could receive.
+            return _error(400, exc.code.value, exc.message)
         if not isinstance(body, dict):
             return _error(400, "invalid_message", "body must be a JSON object")
         name, user, data = body.get("channel"), body.get("user"), body.get("data")
@@ -161,8 +167,11 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
     def demo_token() -> Response:
         if not settings.demo_mode:
             return _error(404, "not_found", "demo tokens exist only in DEMO_MODE")
-        body = request.get_json(silent=True) or {}
-        user = body.get("user", "demo")
+        try:
+            body = decode_json(request.get_data(cache=False) or b"{}")
+        except ProtocolError as exc:
+            return _error(400, exc.code.value, exc.message)
+        user = body.get("user", "demo") if isinstance(body, dict) else None
         if not isinstance(user, str) or not user or len(user) > 64:
             return _error(400, "invalid_message", "user must be a short string")
         token = settings.authenticator.mint(user, ttl=3600)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import resource
 import socket
 import time
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ ECHO_PATH = "/ws-echo"  # exists only with GATEWAY_TEST_ECHO=1 (Autobahn|Testsui
 BEARER_PREFIX = "bearer."
 _PING_FRAME = encode_frame(Opcode.PING, b"")
 # Closes decided by the frame reader (transport/), counted here; the others are counted where decided.
-_FRAME_ERROR_CODES = frozenset({1002, 1007, 1009})
+_FRAME_ERROR_CODES = frozenset({1002, 1007, 1008, 1009})
 SLOW_SWEEP_EVERY = 10.0  # seconds between queued-bytes samples and broker connection refreshes
 LIVENESS_STALL = 5  # sweep ticks without a sweep before /livez answers 503
 
@@ -57,6 +58,14 @@ class Admission:
     principal: Principal
     protocol: str | None
     started: float
+    address: str | None = None  # counted against WS_MAX_CONNECTIONS_PER_ADDRESS (None: a service, not counted)
+    counted: bool = True  # holds a place in WS_MAX_CONNECTIONS until released
+
+
+def open_file_capacity(reserved: int = 256) -> int:
+    """Connections this process can hold: its open-file limit, less what the rest needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - reserved)
 
 
 class Gateway:
@@ -76,6 +85,12 @@ class Gateway:
         metrics.bytes_sent.source = lambda: self._bytes_of_closed + sum(
             x.outbox.bytes_written for x in self.hub.sessions.values())
         self.server: WSGIServer | None = None
+        # Admission budgets (docs/protocol.md, limits): connections admitted and
+        # not yet ended, in all and per client address. Counted at admission,
+        # before anything yields, so a burst of upgrades cannot overshoot.
+        self.capacity = settings.max_connections or open_file_capacity()
+        self.admitted = 0
+        self.by_address: dict[str, int] = {}
 
     # -- before the upgrade ------------------------------------------------------
 
@@ -84,19 +99,58 @@ class Gateway:
         if self.draining:
             raise Rejection("503 Service Unavailable", "shutting_down", "the gateway is shutting down")
         if environ.get("PATH_INFO") == ECHO_PATH:
-            return Admission(Principal("autobahn", float("inf")), None, started)
+            return Admission(Principal("autobahn", float("inf")), None, started, counted=False)
+        if self.admitted >= self.capacity:
+            raise Rejection("503 Service Unavailable", "at_capacity",
+                            f"this node holds its maximum of {self.capacity} connections: try another node or "
+                            "retry later", [("Retry-After", "5")])
         origin = environ.get("HTTP_ORIGIN")
         allowed = self.settings.allowed_origins
-        if allowed and origin not in allowed:
+        # Browsers always send Origin; bots and services do not. Without one, the
+        # token decides (unless WS_REQUIRE_ORIGIN): an allow-list guards browsers.
+        if allowed and (origin not in allowed if origin is not None else self.settings.require_origin):
             child(self.metrics.auth_failures, "origin").inc()
-            raise Rejection("403 Forbidden", "origin_not_allowed", "this origin may not connect")
+            raise Rejection("403 Forbidden", "origin_not_allowed",
+                            "this origin may not connect" if origin is not None else "an Origin header is required")
         token, protocol = self._token(environ)
         try:
             principal = self.settings.authenticator.verify(token)
         except AuthError as exc:
             child(self.metrics.auth_failures, exc.reason).inc()
             raise Rejection("401 Unauthorized", f"token_{exc.reason}", exc.message) from None
-        return Admission(principal, protocol, started)
+        address = None if principal.is_service else self._client_address(environ)
+        limit = self.settings.max_connections_per_address
+        if address is not None and self.by_address.get(address, 0) >= limit:
+            raise Rejection("429 Too Many Requests", "too_many_connections_from_address",
+                            f"at most {limit} connections from one address", [("Retry-After", "30")])
+        self.admitted += 1
+        if address is not None:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+        return Admission(principal, protocol, started, address)
+
+    def release(self, admission: Admission) -> None:
+        """The admitted connection has ended (or never started): its places are free again."""
+        if not admission.counted:
+            return
+        self.admitted -= 1
+        address = admission.address
+        if address is not None:
+            left = self.by_address[address] - 1
+            if left:
+                self.by_address[address] = left
+            else:
+                del self.by_address[address]
+
+    def _client_address(self, environ: dict[str, Any]) -> str:
+        """The socket's peer, or the client a trusted proxy names (the rightmost untrusted hop)."""
+        peer = environ.get("REMOTE_ADDR") or "-"
+        trusted = self.settings.trusted_proxies
+        if peer in trusted:
+            hops = [h.strip() for h in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if hop not in trusted:
+                    return hop
+        return peer
 
     @staticmethod
     def _token(environ: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -131,6 +185,7 @@ class Gateway:
             max_message_size=16 * 1024 * 1024 if echo else s.max_message_size,
             max_queue_bytes=s.max_queue_bytes,
             write_timeout=s.write_timeout,
+            ping_rate=0.0 if echo else s.ping_rate,
             on_latency=self.metrics.fanout_latency_seconds.observe,
         )
 
@@ -142,9 +197,13 @@ class Gateway:
         try:
             session = self.hub.open_session(principal, conn.outbox, time.time())
         except ConnectionLimitExceeded:
+            self.release(admission)
             self._refuse(conn, CloseCode.CONNECTION_LIMIT,
                          f"at most {self.settings.max_connections_per_user} connections per user")
             return
+        except BaseException:
+            self.release(admission)
+            raise
         session.conn = conn
         actor = ConnectionActor.start(self, session, conn)
         session.actor = actor
@@ -192,6 +251,7 @@ class Gateway:
                 pass
             # Idempotent: also cleans up when the actor already died.
             self.hub.close_session(session)
+            self.release(admission)
             conn.finish()
             self._bytes_of_closed += conn.outbox.bytes_written
             if conn.outbox.dropped:
@@ -276,7 +336,9 @@ class Gateway:
         turn, buckets = ping_bucket if ping_bucket is not None else (-1, 1)
         queued = self.metrics.queue_bytes
         # One pass over every connection each tick: the comparisons are hoisted out of it.
-        silent_before = gevent.get_hub().loop.now() - s.silence_timeout
+        loop_now = gevent.get_hub().loop.now()
+        silent_before = loop_now - s.silence_timeout
+        unfinished_before = loop_now - s.message_deadline
         expired_before = time.time() - s.authenticator.leeway
         ping = _PING_FRAME
         for session in list(self.hub.sessions.values()):
@@ -285,6 +347,9 @@ class Gateway:
                 continue
             if conn.last_activity < silent_before:
                 self._tell_close(session, CloseCode.HEARTBEAT_TIMEOUT)
+            elif conn.message_since is not None and conn.message_since < unfinished_before:
+                conn.violate(int(CloseCode.POLICY_VIOLATION),
+                             f"message not finished within {s.message_deadline:g} s")
             elif session.principal.expires_at < expired_before:
                 self._tell_close(session, CloseCode.TOKEN_EXPIRED)
             elif session.ping_bucket % buckets == turn:

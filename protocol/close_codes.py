@@ -29,6 +29,7 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TOKEN_EXPIRED = 4000
@@ -62,6 +63,10 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.INVALID_PAYLOAD: CloseInfo(
         "invalid utf-8", ClientAction.DO_NOT_RECONNECT,
         "A text frame (or close reason) was not valid UTF-8."),
+    CloseCode.POLICY_VIOLATION: CloseInfo(
+        "policy violation", ClientAction.BACK_OFF,
+        "The client broke a usage limit: a ping flood (more than WS_PING_RATE pings a second), or a message "
+        "left unfinished past WS_MESSAGE_DEADLINE. The reason says which. Fix the client before reconnecting."),
     CloseCode.MESSAGE_TOO_BIG: CloseInfo(
         "message too big", ClientAction.DO_NOT_RECONNECT,
         "A message exceeded the inbound size limit (decided from the frame header). "

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     TOKEN_SUBJECT_MISMATCH = "token_subject_mismatch"
     NO_SERVICE = "no_service"
     UPSTREAM_REJECTED = "upstream_rejected"
+    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"
 
 
@@ -38,6 +39,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.TOKEN_SUBJECT_MISMATCH: "A `refresh` token belongs to another user (`sub`).",
     ErrorCode.NO_SERVICE: "No platform service that handles bot commands is connected.",
     ErrorCode.UPSTREAM_REJECTED: "The exchange rejected the subscription (for example an unknown symbol).",
+    ErrorCode.RATE_LIMITED: "More messages than the connection's budget (`WS_COMMAND_RATE` a second): this one "
+                            "was not handled. Slow down; errors past the error budget close the connection "
+                            "with 4003.",
     ErrorCode.INTERNAL: "The gateway failed to handle the request; retry later.",
 }
 

@@ -9,6 +9,7 @@ sends. docs/protocol.md shows every message with a real example.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "Refresh",
     "Subscribe",
     "Unsubscribe",
+    "decode_json",
     "dumps",
     "error_message",
     "parse",
@@ -74,8 +76,18 @@ class BotCommand:
 ClientMessage = Subscribe | Unsubscribe | Ping | Refresh | BotCommand
 
 
+MAX_DEPTH = 32  # objects and arrays nested in one message, the envelope included
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf, which no JSON encoder can send on
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"number {text[:24]} is out of range: numbers must be finite")
+    return value
 
 
 def dumps(obj: Any) -> str:
@@ -83,11 +95,52 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _loads(text: str) -> Any:
+def decode_json(text: str | bytes) -> Any:
+    """JSON from a client or a service, refused unless it can be delivered exactly as sent.
+
+    The one decoder for input (WebSocket messages and the HTTP API): a value
+    that parses but could not be encoded again, and so would be
+    acknowledged and then lost, is refused here with ``invalid_message``:
+    a number out of range (``1e999``), a lone surrogate escape
+    (``"\\ud800"``, not UTF-8), nesting deeper than :data:`MAX_DEPTH`.
+    Text that is not JSON at all is ``invalid_json``.
+    """
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+    except ProtocolError:
+        raise
     except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
+    _check(value)
+    return value
+
+
+def _check(value: Any) -> None:
+    """Every string encodes as UTF-8 and containers nest at most MAX_DEPTH deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _utf8(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _utf8(key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            "text must be valid Unicode: a lone surrogate escape (\\ud800-\\udfff) "
+                            "cannot be delivered") from None
+
 
 
 def _request_id(obj: dict[str, Any]) -> str | None:
@@ -141,7 +194,7 @@ def _since(value: Any, rid: str | None) -> Position | None:
 
 def parse(text: str) -> ClientMessage:
     """Parse one client text frame; raises ProtocolError with a stable code."""
-    obj = _loads(text)
+    obj = decode_json(text)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
     rid = _request_id(obj)

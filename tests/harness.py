@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,13 @@ class GatewayProcess:
         token = token or self.token(user)
         ws = websocket.create_connection(f"{self.ws_url}?token={token}", timeout=5, **kwargs)
         return Client(ws)
+
+    def stats(self) -> dict[str, Any]:
+        """``/ws/stats`` as a platform service sees it (user ids included)."""
+        request = urllib.request.Request(self.http + "/ws/stats",
+                                         headers={"Authorization": f"Bearer {self.token('ops', role='service')}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
 
     def json_logs(self) -> list[dict[str, Any]]:
         out = []

@@ -372,7 +372,7 @@ def test_heartbeat_and_silence():
         sock.close()
         deadline = time.monotonic() + 5
         while True:
-            stats = json.loads(http("GET", g.http + "/ws/stats")[2])
+            stats = g.stats()
             if "quinn" not in stats["connectionsByUser"]:
                 break
             assert time.monotonic() < deadline
@@ -427,8 +427,15 @@ def test_http_endpoints(gw):
     assert status == 200 and body["status"] == "ok" and body["components"]["server"]["state"] == "serving"
     status, _, raw = http("GET", gw.http + "/ws/stats")
     stats = json.loads(raw)
+    # Anyone gets the counts; user ids only with a service credential.
     assert status == 200 and {"connections", "channels", "connectionsByChannel", "subscriptionsByChannel",
-                              "connectionsByUser"} <= set(stats)
+                              "users"} <= set(stats) and "connectionsByUser" not in stats
+    stats = json.loads(http("GET", gw.http + "/ws/stats",
+                            headers={"Authorization": "Bearer test-service-key-placeholder"})[2])
+    assert "connectionsByUser" in stats
+    assert "connectionsByUser" in gw.stats()  # a service-role token works too
+    user = json.loads(http("GET", gw.http + "/ws/stats", headers={"Authorization": f"Bearer {gw.token('ann')}"})[2])
+    assert "connectionsByUser" not in user
     status, _, raw = http("GET", gw.http + "/api/version")
     assert status == 200 and json.loads(raw)["protocol"] == "trading.v1"
     status, headers, raw = http("GET", gw.http + "/metrics")
@@ -442,11 +449,11 @@ def test_stats_follow_connections_and_subscriptions(gw):
     c = gw.connect("uma")
     c.recv()
     c.request({"type": "subscribe", "channel": "signals"})
-    stats = json.loads(http("GET", gw.http + "/ws/stats")[2])
+    stats = gw.stats()
     assert stats["connectionsByUser"]["uma"] == 1 and stats["connectionsByChannel"]["signals"] >= 1
     c.close()
     deadline = time.monotonic() + 5
-    while "uma" in json.loads(http("GET", gw.http + "/ws/stats")[2])["connectionsByUser"]:
+    while "uma" in gw.stats()["connectionsByUser"]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -464,7 +471,7 @@ def test_stats_follow_connections_and_subscriptions(gw):
         clients.append(m)
     deadline = time.monotonic() + 5
     while True:  # channel actors count their subscribers asynchronously; earlier tests' clients may be closing
-        stats = json.loads(http("GET", gw.http + "/ws/stats")[2])
+        stats = gw.stats()
         if (stats["connectionsByChannel"].get("market-data"), stats["subscriptionsByChannel"].get("market-data")) \
                 == (2, 10):
             break
@@ -498,7 +505,7 @@ def test_slow_consumer_is_cut_with_4001_and_others_keep_their_data():
             assert healthy.recv()["data"]["i"] == i  # the healthy client gets every message, in order
         # The gateway gave up on the stalled one (it never read): closed with 4001, its frames dropped.
         deadline = time.monotonic() + 10
-        while json.loads(http("GET", g.http + "/ws/stats")[2])["connectionsByUser"].get("victor") != 1:
+        while g.stats()["connectionsByUser"].get("victor") != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         metrics = http("GET", g.http + "/metrics")[2].decode()

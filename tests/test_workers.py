@@ -46,7 +46,9 @@ def pool(redis):
 
 
 def stats(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ws/stats", timeout=5) as r:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/ws/stats",
+                                     headers={"Authorization": f"Bearer {SERVICE_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.loads(r.read())
 
 

@@ -187,6 +187,11 @@ class FrameReader:
         self._size = 0
         self._decoder: Any = None
 
+    @property
+    def in_progress(self) -> bool:
+        """A message has begun and not ended: fragments held, or part of a frame."""
+        return self._opcode is not None or bool(self._buf)
+
     def feed(self, data: bytes) -> Iterator[tuple[Opcode, Any]]:
         buf = self._buf + data if self._buf else data
         self._buf = b""

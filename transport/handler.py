@@ -116,6 +116,7 @@ class GatewayHandler(WebSocketHandler):
             self.requestline = f"{head.method} {head.path} {head.version}"  # never the query (?token=)
             self.request_version = head.version
             self.environ = head.environ()
+            self.environ["REMOTE_ADDR"] = self.client_address[0] if isinstance(self.client_address, tuple) else ""
             self._upgrade(self.environ, data[end + 4:])
             return
         self.rfile = io.BufferedReader(_Replay(data, self.socket), READ_BUFFER)
@@ -197,7 +198,11 @@ class GatewayHandler(WebSocketHandler):
         # The request is over: keep only what the access line needs.
         env = self.environ = {"PATH_INFO": env.get("PATH_INFO"), "REQUEST_METHOD": "GET"}
         # The 101 goes out with the first frames (the ``connection`` message) in one write.
-        conn = gateway.make_connection(sock, pending or b"", env, upgrade_response(accept, admission.protocol))
+        try:
+            conn = gateway.make_connection(sock, pending or b"", env, upgrade_response(accept, admission.protocol))
+        except BaseException:
+            gateway.release(admission)  # admitted, never served: its place is free again
+            raise
         gateway.serve(conn, admission, env)
         # The connection is the gateway's now: pywsgi must neither read nor close it.
         self.server.detach(sock)

@@ -28,6 +28,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from protocol.limits import TokenBucket
 from transport.frames import FrameError, FrameReader, Opcode, encode_close, encode_frame
 
 __all__ = ["ConnectionClosed", "Outbox", "WebSocketConnection"]
@@ -375,6 +376,7 @@ class WebSocketConnection:
         max_queue_bytes: int,
         write_timeout: float,
         close_timeout: float = 2.0,
+        ping_rate: float = 0.0,
         on_overflow: Callable[[], None] | None = None,
         on_latency: Callable[[float], None] | None = None,
     ) -> None:
@@ -399,6 +401,11 @@ class WebSocketConnection:
         self._on_end: Callable[[ConnectionClosed], None] | None = None
         self._error: FrameError | None = None  # after a protocol error: input is discarded until EOF
         self._ended = False
+        # Budgets (docs/protocol.md, limits): pings answered per second (made at the first
+        # ping: most clients never send one), and since when a message has been unfinished.
+        self.ping_rate = ping_rate
+        self._pings: TokenBucket | None = None
+        self.message_since: float | None = None
 
     # -- writing (delegates to the single writer) ---------------------------
 
@@ -474,10 +481,18 @@ class WebSocketConnection:
                 if opcode == Opcode.TEXT or opcode == Opcode.BINARY:
                     self._on_message(value)  # type: ignore[misc]
                 elif opcode == Opcode.PING:
+                    if self.ping_rate and not self._ping_allowed():
+                        raise FrameError(1008, f"ping flood: more than {self.ping_rate:g} pings a second")
                     self.outbox.push_control(encode_frame(Opcode.PONG, value))
                 elif opcode == Opcode.CLOSE:
                     self._peer_closed(*value)
                     return
+            # A message (fragments, or a frame's first bytes) left unfinished has a deadline.
+            if self.reader.in_progress:
+                if self.message_since is None:
+                    self.message_since = self.last_activity
+            else:
+                self.message_since = None
         except FrameError as exc:
             # Close with the code, then discard input until the peer closes
             # (or the close deadline shuts the socket): closing with unread
@@ -485,6 +500,17 @@ class WebSocketConnection:
             # see the close code (reliability-and-security §7).
             self._error = exc
             self.close(exc.code, exc.reason)
+
+    def _ping_allowed(self) -> bool:
+        if self._pings is None:
+            self._pings = TokenBucket(self.ping_rate, 4 * self.ping_rate, self.last_activity)
+        return self._pings.take(self.last_activity)
+
+    def violate(self, code: int, reason: str) -> None:
+        """Close for a broken usage limit found outside the reader (a message past its deadline)."""
+        if self._error is None and not self._ended:
+            self._error = FrameError(code, reason)
+            self.close(code, reason)
 
     def _peer_closed(self, code: int | None, reason: str) -> None:
         if not self._server_closed:
