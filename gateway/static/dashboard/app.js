@@ -29,6 +29,7 @@
     1002: ['stop', 'protocol error (a client bug)'],
     1003: ['stop', 'binary frames are not accepted (a client bug)'],
     1007: ['stop', 'invalid UTF-8 (a client bug)'],
+    1008: ['backoff', 'policy violation: a ping flood or an unfinished message (a client bug)'],
     1009: ['stop', 'message too big'],
     1011: ['backoff', 'the gateway failed serving this connection'],
     4000: ['backoff', 'token expired: get a new token'],
