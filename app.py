@@ -147,7 +147,8 @@ def build(settings: Settings, worker: int | None = None) -> System:
         from brokers.redis_broker import RedisBroker
 
         broker: Any = RedisBroker(settings.redis_url, history_size=settings.history_size,
-                                  history_ttl=settings.history_ttl)
+                                  history_ttl=settings.history_ttl, probe_interval=settings.redis_probe_interval,
+                                  retry_interval=settings.redis_retry_interval)
         metrics.redis_connected.set_function(lambda: float(broker.healthy()))
         metrics.registry.register(metrics.redis_connected)
     else:

@@ -191,7 +191,8 @@ class ChannelActor(GeventActor):
                 if self.position is not None and pub.offset <= self.position.offset:
                     return
         elif position is not None and pub.epoch != position.epoch:
-            self._resync("the channel's history restarted")
+            # The position before ``pub``, the first message the subscribers get in the new epoch.
+            self._resync("the channel's history restarted", Position(pub.offset - 1, pub.epoch))
         self._send(pub)
 
     def _send(self, pub: Publication) -> None:
@@ -224,11 +225,17 @@ class ChannelActor(GeventActor):
         else:
             self._resync(reason)
 
-    def _resync(self, reason: str) -> None:
-        try:
-            head = self.broker.position(self.key) if self.broker is not None else None
-        except BrokerUnavailable:
-            head = None
+    def _resync(self, reason: str, head: Position | None = None) -> None:
+        """Tell every subscriber to refetch the state and continue from ``head``.
+
+        ``head`` is the position just before the next publication they will be sent
+        (default: the broker's latest offset, whose publications are then not sent).
+        """
+        if head is None:
+            try:
+                head = self.broker.position(self.key) if self.broker is not None else None
+            except BrokerUnavailable:
+                head = None
         frame = _frame(resync_message(self.public_name, head, reason))
         for outbox in self.subscribers.values():
             outbox.push(frame)

@@ -9,8 +9,8 @@ Redis) the epoch changes, and a client holding an older position is told
 
 Delivery is a callback: the broker calls ``on_publication`` for every
 publication on a channel this node subscribed to (including its own), and
-``on_reconnected`` after it lost and regained its upstream (Redis), so the
-channels can catch up on what they missed.
+``on_reconnected`` each time its upstream (Redis) is connected again, or for
+the first time, so the channels can catch up on what they missed.
 """
 
 from __future__ import annotations

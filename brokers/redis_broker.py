@@ -11,10 +11,19 @@
   (expired, or Redis restarted without persistence) the next publish starts
   a new epoch, and older positions are answered ``recovered: false``.
 * **Subscriptions.** A node subscribes in Redis only to the channels it has
-  local subscribers for. One listener greenlet reads them; when Redis goes
-  away it reconnects with full-jitter backoff, resubscribes, and calls
-  ``on_reconnected`` so the channels fetch what they missed from the
-  streams (or tell their clients to resync).
+  local subscribers for, plus its own probe channel ``ws:node:<id>``. One
+  listener greenlet reads them. When Redis goes away it retries every
+  0.05-``retry_interval`` s (random) while the outage is younger than
+  ``fast_retry_for``, then with full-jitter backoff up to ``backoff_cap``;
+  once connected it resubscribes and, as soon as its own probe has come
+  back through the new subscription, calls ``on_reconnected`` so the
+  channels fetch what they missed from the streams (or tell their clients
+  to resync).
+* **Half-open Redis.** Every ``probe_interval`` the node publishes a probe
+  on its probe channel. A connection that delivers nothing, not even the
+  probe, for two intervals (Redis stopped, a network black hole: the TCP
+  connection looks open) is declared lost like a closed one: ERROR
+  "redis connection lost", ``healthy()`` false, reconnect.
 * **Connection counts.** ``ws:conns:<user>`` is a sorted set of session ids
   scored by expiry; the limit check and the insert are one atomic script,
   so across all nodes exactly ``limit`` succeed. Nodes refresh their
@@ -35,6 +44,8 @@ from urllib.parse import urlsplit
 
 import gevent
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from brokers.broker import BrokerUnavailable, Position, Publication
 
@@ -120,30 +131,53 @@ def _pubsub(key: str) -> str:
     return f"ws:pub:{key}"
 
 
+class _Silent(Exception):
+    """The subscription delivered nothing, not even this node's probe, for too long."""
+
+
 class RedisBroker:
     def __init__(self, url: str, *, history_size: int = 100, history_ttl: float = 300.0,
-                 connection_ttl: float = 30.0, backoff_base: float = 0.2, backoff_cap: float = 5.0,
+                 connection_ttl: float = 30.0, retry_interval: float = 0.5, fast_retry_for: float = 60.0,
+                 backoff_base: float = 0.2, backoff_cap: float = 1.5, probe_interval: float = 1.0,
                  socket_timeout: float = 2.0) -> None:
+        """``retry_interval``: while an outage is younger than ``fast_retry_for`` seconds, the
+        listener waits a random 0.05-``retry_interval`` s between attempts; after that, full
+        jitter from ``backoff_base`` doubling up to ``backoff_cap``. Either way a node is back
+        within about max(``retry_interval``, ``backoff_cap``) of Redis answering again.
+        ``probe_interval``: how often the listener's probe goes round; a subscription silent
+        for two intervals is a lost connection.
+        """
         self.url = url
         self.history_size = history_size
         self.history_ttl = max(1, int(history_ttl))
         self.connection_ttl = connection_ttl
+        self.retry_interval = retry_interval
+        self.fast_retry_for = fast_retry_for
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.probe_interval = probe_interval
+        self.probe_timeout = 2 * probe_interval
         self.on_publication: Callable[[Publication], None] = lambda pub: None
         self.on_reconnected: Callable[[], None] = lambda: None
+        # No retries inside redis-py: a pub/sub connection it reconnected by itself would skip
+        # on_reconnected (and so the catch-up), and a retried publish could publish twice.
         self.redis = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                          health_check_interval=5)
+                                          health_check_interval=5, retry=Retry(NoBackoff(), 0))
         self._publish = self.redis.register_script(_PUBLISH)
         self._position = self.redis.register_script(_POSITION)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._refresh = self.redis.register_script(_REFRESH)
         self._keys: set[str] = set()
         self._pubsub: Any = None
-        self._connected = False
+        self._subscribing = False  # the current pub/sub connection takes SUBSCRIBE commands
+        self._connected = False  # ... and has delivered this node's probe: healthy
         self._closing = False
-        self._listener = gevent.spawn(self._listen_forever)
+        self.node_channel = f"ws:node:{secrets.token_hex(6)}"
+        self._node_channel = self.node_channel.encode()
+        self._prober: gevent.Greenlet | None = None
         self.reconnects = 0
+        self.probes_missed = 0  # connections declared lost because nothing came back (half-open)
+        self._listener = gevent.spawn(self._listen_forever)
 
     # -- publishing and history -----------------------------------------------------
 
@@ -198,7 +232,7 @@ class RedisBroker:
         if key in self._keys:
             return
         self._keys.add(key)
-        if self._pubsub is not None and self._connected:
+        if self._subscribing:
             try:
                 self._pubsub.subscribe(_pubsub(key))
             except redis.RedisError:
@@ -208,56 +242,113 @@ class RedisBroker:
         if key not in self._keys:
             return
         self._keys.discard(key)
-        if self._pubsub is not None and self._connected:
+        if self._subscribing:
             try:
                 self._pubsub.unsubscribe(_pubsub(key))
             except redis.RedisError:
                 pass
 
+    def _retry_delay(self, attempt: int, outage: float) -> float:
+        """Seconds before reconnect attempt ``attempt + 1``, ``outage`` seconds into an outage."""
+        if outage < self.fast_retry_for:
+            return random.uniform(0.05, max(0.05, self.retry_interval))
+        # (2 ** 1100 does not fit a float: the exponent is capped, for outages of any length)
+        return max(0.05, random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 32))))
+
     def _listen_forever(self) -> None:
         attempt = 0
         first = True
+        down_since = time.monotonic()
         next_report = 0.0  # while Redis stays unreachable, an ERROR line at most every UNREACHABLE_REPORT_EVERY
         while not self._closing:
             try:
                 self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                # A placeholder channel keeps the connection in subscribe mode even with no keys.
-                self._pubsub.subscribe("ws:node", *[_pubsub(k) for k in self._keys])
-                self._connected = True
-                if first:
-                    log.info("redis connected at %s", shown_url(self.url), extra={"fields": {"attempts": attempt + 1}})
-                else:
-                    self.reconnects += 1
-                    log.warning("redis reconnected; channels catch up from the streams",
-                                extra={"fields": {"channels": len(self._keys), "attempt": attempt}})
-                    self.on_reconnected()
-                first, attempt, next_report = False, 0, 0.0
-                while not self._closing:
-                    message = self._pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        self._dispatch(message["channel"], message["data"])
-            except (redis.RedisError, OSError) as exc:
+                keys = set(self._keys)
+                # The probe channel also keeps the connection in subscribe mode with no keys.
+                self._pubsub.subscribe(self.node_channel, *[_pubsub(k) for k in keys])
+                self._subscribing = True
+                added = self._keys - keys  # subscribed to while the SUBSCRIBE was on its way
+                if added:
+                    self._pubsub.subscribe(*[_pubsub(k) for k in added])
+                self._serve(self._pubsub, first, attempt, down_since)
+            except Exception as exc:  # the listener must outlive anything: nothing else would reconnect
                 if self._closing:
                     break
-                error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, (redis.RedisError, OSError, _Silent)):
+                    log.exception("redis listener failed; reconnecting")
+                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Silent) else str(exc)
                 now = time.monotonic()
                 if self._connected:
+                    if isinstance(exc, _Silent):
+                        self.probes_missed += 1
                     log.error("redis connection lost; serving local data, reconnecting",
                               extra={"fields": {"error": error}})
                     next_report = now + UNREACHABLE_REPORT_EVERY
+                    first, attempt, down_since = False, 0, now
                 elif now >= next_report:
                     # At start (nothing else would say so) and every so often while it lasts.
                     log.error("redis unreachable at %s; serving local data, publishing refused (503), retrying",
                               shown_url(self.url), extra={"fields": {"error": error, "attempts": attempt + 1}})
                     next_report = now + UNREACHABLE_REPORT_EVERY
-                self._connected = False
+                self._connected = self._subscribing = False
                 try:
                     self._pubsub.close()
                 except Exception:  # noqa: BLE001 - the connection is being abandoned
                     pass
-                delay = max(0.05, random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt)))
+                delay = self._retry_delay(attempt, now - down_since)
                 attempt += 1
                 gevent.sleep(delay)
+
+    def _serve(self, pubsub: Any, first: bool, attempt: int, down_since: float) -> None:
+        """Read deliveries and keep the probe going round; raise when the connection fails or stays silent.
+
+        The connection counts (``healthy()``, ``on_reconnected``) only once this node's probe
+        has come back through it: then every channel in the SUBSCRIBE is live in Redis, and a
+        catch-up started now cannot miss a publication that the subscription would not deliver.
+        """
+        start = time.monotonic()
+        heard = start  # the last delivery of any kind on this connection (probes included)
+        next_probe = start
+        prober: gevent.Greenlet | None = None  # this connection's own: one stuck on the last one must not delay it
+        while not self._closing:
+            now = time.monotonic()
+            if now >= next_probe:
+                if prober is None or prober.dead:  # else the last probe is still on its way (Redis slow or stopped)
+                    prober = self._prober = gevent.spawn(self._send_probe)
+                next_probe = now + self.probe_interval
+            wait = min(next_probe, heard + self.probe_timeout) - now
+            message = pubsub.get_message(timeout=max(0.001, wait))
+            now = time.monotonic()
+            if message is None:
+                if now - heard > self.probe_timeout:
+                    raise _Silent(f"no delivery for {now - heard:.1f} s, not even this node's probe "
+                                  f"(sent every {self.probe_interval:g} s): Redis is not answering")
+                continue
+            heard = now
+            if message["type"] != "message":
+                continue
+            if message["channel"] == self._node_channel:
+                if not self._connected:
+                    self._connected = True
+                    if first:
+                        log.info("redis connected at %s", shown_url(self.url),
+                                 extra={"fields": {"attempts": attempt + 1}})
+                    else:
+                        self.reconnects += 1
+                        log.warning("redis reconnected; channels catch up from the streams",
+                                    extra={"fields": {"channels": len(self._keys), "attempt": attempt,
+                                                      "outage_s": round(now - down_since, 3)}})
+                    # At once, and at the first connect too (channels joined while Redis was
+                    # unreachable at start): each channel fetches what it missed, or resyncs.
+                    self.on_reconnected()
+                continue
+            self._dispatch(message["channel"], message["data"])
+
+    def _send_probe(self) -> None:
+        try:
+            self.redis.publish(self.node_channel, b"probe")
+        except redis.RedisError:
+            pass  # the listener notices that nothing comes back
 
     def _dispatch(self, channel: bytes, payload: bytes) -> None:
         key = channel.decode()[len("ws:pub:"):]
@@ -301,13 +392,15 @@ class RedisBroker:
 
     def stats(self) -> dict[str, Any]:
         return {"kind": "redis", "connected": self._connected, "channels": len(self._keys),
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, "probesMissed": self.probes_missed}
 
     def close(self) -> None:
         self._closing = True
         # Wait for the listener to end before closing its connection under it
         # (redis-py's read cleanup fails loudly on a closed buffer).
         self._listener.kill(block=True, timeout=1.0)
+        if self._prober is not None:
+            self._prober.kill(block=True, timeout=1.0)
         try:
             self.redis.close()
         except Exception:  # noqa: BLE001 - closing anyway

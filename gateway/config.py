@@ -89,6 +89,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("POPULAR_PAIRS", "BTCUSDT,ETHUSDT,ADAUSDT,SOLUSDT", "spot pairs kept subscribed"),
     Variable("UPSTREAM_PING_INTERVAL", "20000", "ms between pings to the exchange"),
     Variable("UPSTREAM_STALE_AFTER", "30000", "ms without data or pong before a stream is restarted"),
+    Variable("UPSTREAM_DATA_SILENCE", "10000", "ms without market data, while a level-1 book (the canary) is "
+             "subscribed, before a stream is restarted"),
     Variable("MARKET_UNSUBSCRIBE_GRACE", "5000", "ms after the last subscriber leaves before unsubscribing"),
     Variable("STATUS_INTERVAL", "5000", "ms between time-sync / system-health publications"),
     Variable("RESTART_BASE", "500", "ms: exchange-stream restart backoff base (full jitter)"),
@@ -97,6 +99,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RESTART_RESET_AFTER", "30000", "ms of health before the attempt count resets"),
     Variable("CIRCUIT_COOLDOWN", "60000", "ms between attempts while a circuit is open"),
     Variable("REDIS_URL", "", "redis://host[:port][/db] (or rediss://, unix://): many gateway processes as one"),
+    Variable("REDIS_PROBE_INTERVAL", "1000", "ms between a node's Redis probes; none back for two intervals = "
+             "connection lost (a half-open Redis)"),
+    Variable("REDIS_RETRY_INTERVAL", "500", "ms: longest wait between Redis reconnect attempts in an outage's "
+             "first minute"),
     Variable("HISTORY_SIZE", "100", "publications kept per private channel for recovery"),
     Variable("HISTORY_TTL", "300000", "ms a publication stays recoverable"),
     Variable("WORKERS", "1", "gateway processes on the one port (SO_REUSEPORT); more than 1 needs REDIS_URL"),
@@ -111,7 +117,7 @@ _BY_NAME = {v.name: v for v in VARIABLES}
 INTERNAL = frozenset({"GATEWAY_WORKER"})
 # A name starting with one of these is ours: if it is not a setting, it is a typo.
 PREFIXES = ("WS_", "JWT_", "GATEWAY_", "BYBIT_", "MARKET_", "UPSTREAM_", "RESTART_", "CIRCUIT_", "HISTORY_",
-            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API")
+            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API", "REDIS_PROBE", "REDIS_RETRY")
 # What Kubernetes injects for every service (a service named ws-gateway gives
 # WS_GATEWAY_SERVICE_HOST, WS_GATEWAY_PORT_3001_TCP, ...): not typos.
 _SERVICE_LINKS = re.compile(
@@ -257,6 +263,7 @@ class Settings:
     popular_pairs: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "ADAUSDT", "SOLUSDT")
     upstream_ping_interval: float = 20.0
     upstream_stale_after: float = 30.0
+    upstream_data_silence: float = 10.0
     unsubscribe_grace: float = 5.0
     status_interval: float = 5.0
     restart_base: float = 0.5
@@ -266,6 +273,8 @@ class Settings:
     circuit_cooldown: float = 60.0
     # broker
     redis_url: str | None = None
+    redis_probe_interval: float = 1.0
+    redis_retry_interval: float = 0.5
     history_size: int = 100
     history_ttl: float = 300.0
     # several processes on one port (gateway/workers.py)
@@ -357,6 +366,7 @@ class Settings:
             popular_pairs=tuple(p.upper() for p in e.items("POPULAR_PAIRS")),
             upstream_ping_interval=e.ms("UPSTREAM_PING_INTERVAL"),
             upstream_stale_after=e.ms("UPSTREAM_STALE_AFTER"),
+            upstream_data_silence=e.ms("UPSTREAM_DATA_SILENCE"),
             unsubscribe_grace=e.ms("MARKET_UNSUBSCRIBE_GRACE", 0),
             status_interval=e.ms("STATUS_INTERVAL"),
             restart_base=e.ms("RESTART_BASE", 0),
@@ -365,6 +375,8 @@ class Settings:
             restart_reset_after=e.ms("RESTART_RESET_AFTER", 0),
             circuit_cooldown=e.ms("CIRCUIT_COOLDOWN", 0),
             redis_url=redis_url,
+            redis_probe_interval=e.ms("REDIS_PROBE_INTERVAL", 50),
+            redis_retry_interval=e.ms("REDIS_RETRY_INTERVAL", 50),
             history_size=e.int("HISTORY_SIZE", 1),
             history_ttl=e.ms("HISTORY_TTL", 1000),
             workers=workers,

@@ -62,3 +62,22 @@ def test_gap_beyond_history_tells_subscribers_to_resync():
     assert resync["type"] == "resync" and resync["channel"] == "trades" and resync["offset"] == 4
     assert after["seq"] == 5
     channel.stop()
+
+
+def test_resync_after_the_history_expired_gives_the_position_before_the_next_message():
+    now = [1000.0]
+    broker = MemoryBroker(history_ttl=10, clock=lambda: now[0])
+    channel = ChannelActor.start("trades#w", "trades", on_idle=lambda *a: None, on_count=lambda *a: None,
+                                 broker=broker)
+    broker.on_publication = lambda pub: channel.tell(Deliver(pub))
+    server, client = socket.socketpair()
+    channel.ask(Join("s1", Outbox(server, max_bytes=1 << 20, write_timeout=1)), timeout=1)
+    broker.publish("trades#w", {"i": 1}, int(now[0] * 1000))
+    now[0] += 11  # past history_ttl: the history is gone, the next publication starts a new epoch
+    broker.publish("trades#w", {"i": 2}, int(now[0] * 1000))
+    first, resync, after = _frames(client, 3)
+    assert (first["seq"], after["data"]) == (1, {"i": 2})
+    assert resync["type"] == "resync" and resync["epoch"] == after["epoch"] != first["epoch"]
+    # A client continuing from the position given keeps the next message: it is that position + 1.
+    assert after["seq"] == resync["offset"] + 1 == 1
+    channel.stop()

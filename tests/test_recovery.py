@@ -151,6 +151,26 @@ def test_position_from_another_epoch_or_too_old_is_not_recovered(cluster):
     c2.close()
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_after_the_history_expires_resync_gives_the_position_before_the_next_message(kind):
+    cluster = Cluster(kind, {"HISTORY_TTL": "1000"})
+    try:
+        c, _ = subscribe(cluster.b, "iris")
+        cluster.publish(cluster.a, "iris", {"i": 1})
+        first = data(c, 1)[0]
+        time.sleep(1.5)  # past HISTORY_TTL (1 s): the history expires, the next publication starts a new epoch
+        status, body = cluster.publish(cluster.a, "iris", {"i": 2})
+        assert status == 202 and body["epoch"] != first["epoch"]
+        resync = c.recv_until(lambda m: m["type"] == "resync")
+        live = data(c, 1)[0]
+        assert live["data"] == {"i": 2} and resync["epoch"] == live["epoch"] == body["epoch"]
+        # "continue from the position given": the next message is that position + 1, not a duplicate of it.
+        assert live["seq"] == resync["offset"] + 1 == body["offset"]
+        c.close()
+    finally:
+        cluster.stop()
+
+
 def test_market_data_keeps_latest_value_not_a_stream(cluster):
     c = cluster.a.connect("erin")
     c.recv()
