@@ -16,6 +16,13 @@ channel actors (through the hub).
   gets them at once, before live updates.
 * ``time-sync`` and ``system-health`` are published every ``status_interval``
   seconds, and ``system-health`` also on every stream state change.
+* A rejected subscription evicts its clients with ``upstream_rejected``,
+  except for a popular pair: those are never dropped by a refusal (it may
+  be transient). The bridge asks the stream for them again after
+  ``retry_base`` × 2^(attempt−1) seconds (at most ``retry_cap``), keeps
+  their clients, logs each attempt at WARNING and lists them under
+  ``retrying`` in ``/ws/stats``' bridge section until the stream reports
+  them subscribed.
 
 Its state is derived (from the hub's subscriber counts and the streams'
 reports), so a restarted bridge rebuilds it in ``on_start``.
@@ -63,6 +70,23 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class GetStats:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPinned:
+    key: ChannelKey
+
+
+@dataclass(slots=True)
+class _Retry:
+    """A popular pair's topic the exchange refused, asked for again with backoff."""
+
+    exchange: str
+    category: str
+    topic: str
+    attempts: int
+    reason: str
+    next_at: float  # wall time of the next attempt
 
 
 def stream_to_topic(stream: str, symbol: str) -> str:
@@ -114,6 +138,8 @@ class MarketDataBridgeActor(SupervisedActor):
         grace: float = 5.0,
         status_interval: float = 5.0,
         supervisor_status: Any = None,
+        retry_base: float = 1.0,
+        retry_cap: float = 30.0,
     ) -> None:
         super().__init__(context)
         self.hub = hub
@@ -127,6 +153,9 @@ class MarketDataBridgeActor(SupervisedActor):
         self.upstream: set[ChannelKey] = set()  # keys subscribed upstream (wanted)
         self.latest: dict[ChannelKey, Publish] = {}
         self.states: dict[tuple[str, str], StreamState] = {}
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.retrying: dict[ChannelKey, _Retry] = {}
         self._ticker: gevent.Greenlet | None = None
         self._last_health: str | None = None
 
@@ -199,11 +228,15 @@ class MarketDataBridgeActor(SupervisedActor):
                 self._drop(message.key)
         elif isinstance(message, StreamState):
             self.states[(message.exchange, message.category)] = message
+            if self.retrying:
+                self._retries_done(message)
             self._publish_health(force=False)
         elif isinstance(message, SubscribeRejected):
             self._on_rejected(message)
         elif isinstance(message, BookReset):
             self._on_book_reset(message)
+        elif isinstance(message, RetryPinned):
+            self._retry_now(message.key)
         elif isinstance(message, Tick):
             self._publish_time()
             self._publish_health(force=True)
@@ -227,8 +260,11 @@ class MarketDataBridgeActor(SupervisedActor):
             gevent.spawn_later(self.grace, self._tell_grace, key)
 
     def _tell_grace(self, key: ChannelKey) -> None:
+        self._tell(GraceExpired(key))
+
+    def _tell(self, message: Any) -> None:
         try:
-            self.actor_ref.tell(GraceExpired(key))
+            self.actor_ref.tell(message)
         except Exception:  # noqa: BLE001 - the actor is gone
             pass
 
@@ -246,6 +282,9 @@ class MarketDataBridgeActor(SupervisedActor):
         for topic in message.topics:
             stream, symbol = topic_to_stream(topic)
             key = market_key(message.exchange, message.category, symbol, stream)
+            if key in self.pinned and key in self.upstream:
+                self._retry_later(key, message.exchange, message.category, topic, message.reason)
+                continue
             self.upstream.discard(key)
             self.pinned.discard(key)
             self.latest.pop(key, None)
@@ -255,6 +294,33 @@ class MarketDataBridgeActor(SupervisedActor):
             ref = self.hub.existing_channel(key)
             if ref is not None:
                 ref.tell(Evict(error))
+
+    # -- popular pairs refused by the exchange: asked for again, with backoff -------------
+
+    def _retry_later(self, key: ChannelKey, exchange: str, category: str, topic: str, reason: str) -> None:
+        previous = self.retrying.get(key)
+        attempts = 1 if previous is None else previous.attempts + 1
+        delay = min(self.retry_cap, self.retry_base * 2 ** (attempts - 1))
+        self.retrying[key] = _Retry(exchange, category, topic, attempts, reason, time.time() + delay)
+        log.warning("exchange refused a popular pair; retrying", extra={"fields": {
+            "exchange": exchange, "category": category, "topic": topic, "attempt": attempts,
+            "delay_s": round(delay, 3), "reason": reason}})
+        gevent.spawn_later(delay, self._tell, RetryPinned(key))
+
+    def _retry_now(self, key: ChannelKey) -> None:
+        retry = self.retrying.get(key)
+        stream = None if retry is None else self._stream(retry.exchange, retry.category)
+        if retry is not None and stream is not None and key in self.pinned and key in self.upstream:
+            stream.tell(WantTopics((retry.topic,)))
+
+    def _retries_done(self, state: StreamState) -> None:
+        subscribed = set(state.subscribed)
+        for key, retry in list(self.retrying.items()):
+            if (retry.exchange, retry.category) == (state.exchange, state.category) and retry.topic in subscribed:
+                del self.retrying[key]
+                log.info("popular pair subscribed again", extra={"fields": {
+                    "exchange": retry.exchange, "category": retry.category, "topic": retry.topic,
+                    "attempts": retry.attempts}})
 
     def _on_book_reset(self, message: BookReset) -> None:
         stream, symbol = topic_to_stream(message.topic)
@@ -317,5 +383,9 @@ class MarketDataBridgeActor(SupervisedActor):
             prefix = "" if category == "spot" else f"{category}:"
             entry["activeSubscriptions"] += [prefix + t for t in state.subscribed]
         active = sorted({_stats_name(k) for k in self.hub.subscriber_counts if k.startswith("market-data.")})
+        now = time.time()
+        retrying = [{"exchange": r.exchange, "category": r.category, "topic": r.topic, "attempts": r.attempts,
+                     "reason": r.reason, "nextAttemptInMs": max(0, int((r.next_at - now) * 1000))}
+                    for r in sorted(self.retrying.values(), key=lambda r: (r.exchange, r.category, r.topic))]
         return {"initialized": True, "exchanges": exchanges, "subscriptions": len(active),
-                "activeSubscriptions": active}
+                "activeSubscriptions": active, "retrying": retrying}

@@ -7,16 +7,65 @@ Sends to the bridge: :class:`MarketData` (normalized, exact decimal
 strings), :class:`SubscribeRejected`, :class:`BookReset`,
 :class:`StreamState`.
 
-It never retries by itself. A lost connection, a stream silent for
-``stale_after`` seconds (no data and no pong: half-open TCP happens), or a
-flood of garbage raises, and the supervisor restarts the actor with
-backoff; the new incarnation connects and resubscribes to every topic still
-wanted (the factory passes the bridge's current set). It reports itself
-healthy only once connected *and* every initial subscription is
-acknowledged, so the supervisor's backoff resets only then.
+It never reconnects by itself. A lost connection, a stream silent for
+``stale_after`` seconds (no data and no pong: half-open TCP happens), a
+stream whose market data stops (below), or a flood of garbage raises, and
+the supervisor restarts the actor with backoff; the new incarnation
+connects and resubscribes to every topic still wanted (the factory passes
+the bridge's current set). It reports itself healthy only once connected
+*and* every initial subscription is acknowledged, so the supervisor's
+backoff resets only then.
 
 Book and ticker state live here and die with the incarnation: after a
 reconnect the exchange sends fresh snapshots.
+
+**A bad frame costs that frame, never the stream.** Each frame is handled
+on its own; one that cannot be used is dropped, counted in
+``ws_exchange_bad_messages_total{reason}`` (:class:`~market.exchange.DropReason`:
+``unparseable``, ``bad_value``, ``wrong_symbol``, ``unsubscribed``) and
+logged at WARNING (once a minute per topic and reason at most, with the
+count in between). Nothing of it is forwarded. If its topic is stateful (an
+order book, a linear ticker: later deltas build on what was lost) that one
+topic is resynced. Only ``unparseable`` frames count toward
+``garbage_limit``: a flood of those says the connection is broken, while a
+bad value says nothing about the connection and a reconnect would not cure
+it. What a valid number is: :mod:`market.bybit`.
+
+**Refused subscribes.** Bybit answers a whole request at once, and one bad
+topic fails all of it. When the failure names topics (``a,b`` or
+``[a b]``), exactly those are rejected (:class:`SubscribeRejected` to the
+bridge) and the others are sent again at once. When it names none, the
+request is split in halves and each half is retried after
+``resubscribe_base`` × 2^(attempt−1) seconds (capped at
+``resubscribe_cap``), down to single topics; a topic refused on its own
+``resubscribe_attempts`` times counts as rejected. The bridge keeps
+retrying popular pairs, with backoff, whatever the exchange says.
+
+**One resync per gap.** A lost order-book update (or a bad book frame)
+resyncs the topic once: clients get a reset, the topic is unsubscribed and
+subscribed again, and every delta that arrives until the new snapshot
+(deltas still in flight, sent before the exchange saw the unsubscribe) is
+dropped instead of starting another resync. A resync that brings no usable
+snapshot within ``resync_retry`` seconds is done again.
+
+**Data silence.** A socket can stay open, and even answer pings, while no
+market data comes. The only topic Bybit documents as pushing on a clock is
+the level-1 order book: "if 3 seconds have elapsed without a change in the
+orderbook, a snapshot message will be pushed again" (docs/bybit-v5.md §3),
+whatever the pair's liquidity; tickers, trades and deeper books push only
+when something changes, which on a quiet pair can be minutes. So "must keep
+pushing" means a subscribed ``orderbook.1.*`` topic, and every stream that
+has at least one wanted topic also subscribes ``orderbook.1.{canary_symbol}``
+(the first popular pair) as a canary: its frames are parsed for liveness
+only, never normalized or forwarded (unless a client wants that topic
+too), and it is unsubscribed when the stream has nothing else. While at
+least one level-1 book is subscribed and acknowledged, no data frame on
+*any* topic for ``data_silence`` seconds (``UPSTREAM_DATA_SILENCE``,
+10 s by default: three missed re-snapshots and then some) raises
+:class:`StreamStale`, independent of the ping cycle; pongs do not count as
+data. A stream with nothing to guard (no wanted topic, or a canary the
+exchange refused and no level-1 book from a client) has no data watch: only
+the ping cycle (``stale_after``) guards it.
 """
 
 from __future__ import annotations
@@ -32,8 +81,15 @@ import gevent
 import websocket
 
 from actors.runtime import ExpectedFailure
-from market.exchange import ExchangeProtocol, ExchangeProtocolError, Pong, SubscribeAck, TopicMessage
-from market.model import BookUpdate, Kline, TickerUpdate, Trade
+from market.exchange import (
+    DropReason,
+    ExchangeProtocol,
+    ExchangeProtocolError,
+    Pong,
+    SubscribeAck,
+    TopicMessage,
+)
+from market.model import BookUpdate, Category, Kline, TickerUpdate, Trade
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
 from supervision import ChildContext, SupervisedActor
@@ -61,7 +117,9 @@ class UpstreamDisconnected(ExpectedFailure, ConnectionError):
 
 
 class StreamStale(ExpectedFailure, TimeoutError):
-    """No data and no pong for longer than the stale threshold."""
+    """No data and no pong for longer than the stale threshold, or no market
+    data for ``data_silence`` seconds while a topic that must keep pushing is
+    subscribed."""
 
 
 class UpstreamGarbage(ExpectedFailure, ValueError):
@@ -103,6 +161,22 @@ class UpstreamLost:
 @dataclass(frozen=True, slots=True)
 class PingDue:
     conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """From the watch greenlet: check data silence and overdue resyncs."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySubscribe:
+    """Subscribe ``topics`` again after a refusal that named none of them."""
+
+    conn: int
+    topics: tuple[str, ...]
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +227,12 @@ class StreamSettings:
     connect_timeout: float = 10.0
     garbage_limit: int = 100  # unparseable frames per minute before reconnecting
     book_levels: int = 25  # levels per side sent to clients
+    data_silence: float = 10.0  # no market data this long while a level-1 book is subscribed: StreamStale
+    canary_symbol: str | None = None  # orderbook.1.<symbol> kept subscribed as the liveness canary
+    resubscribe_base: float = 0.25  # first retry of a subscribe refused without naming a topic
+    resubscribe_cap: float = 5.0
+    resubscribe_attempts: int = 6  # unnamed refusals of one topic alone before it counts as rejected
+    resync_retry: float = 5.0  # a resync with no usable snapshot this long after is done again
 
 
 _conn_ids = itertools.count(1)
@@ -163,6 +243,7 @@ class _Pending:
     topics: tuple[str, ...]
     op: str
     sent: float
+    attempt: int = 0  # refusals without a named topic so far (subscribe)
 
 
 @dataclass
@@ -198,15 +279,25 @@ class ExchangeStreamActor(SupervisedActor):
         self.ws: websocket.WebSocket | None = None
         self.conn = next(_conn_ids)
         self.last_frame = time.monotonic()
+        self.last_data = self.last_frame  # last market-data frame (pongs and acks do not count)
         self.tickers = TickerBook()
         self.books: dict[str, OrderBook] = {}
         self.resyncs = 0
+        self._resyncing: dict[str, float] = {}  # topic -> when its resync started; deltas dropped meanwhile
+        self._canary = f"orderbook.1.{settings.canary_symbol}" if settings.canary_symbol else None
+        self._canary_on = False  # subscribed (or asked for) as the canary
+        self._canary_refused = False
+        self._armed_at: float | None = None  # since when a level-1 book is subscribed (data watch armed)
         self._garbage: deque[float] = deque()
         self._req_ids = itertools.count(1)
         self._greenlets: list[gevent.Greenlet] = []
+        self._timers: list[gevent.Greenlet] = []
+        self._drop_log: dict[tuple[str, str], list[float]] = {}  # (topic, reason) -> [logged at, suppressed]
         self._stats = _Stats()
         self._healthy_sent = False
         self._messages = metrics.exchange_messages.labels(self.exchange, category) if metrics else None
+        self._bad = ({reason: metrics.upstream_bad_messages.labels(self.exchange, reason.value)
+                      for reason in DropReason} if metrics else {})
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -221,18 +312,20 @@ class ExchangeStreamActor(SupervisedActor):
         except (OSError, websocket.WebSocketException) as exc:
             raise UpstreamUnavailable(f"cannot connect to {self.settings.url}: {type(exc).__name__}: {exc}") from exc
         self.ws.settimeout(None)
-        self.last_frame = time.monotonic()
+        self.last_frame = self.last_data = time.monotonic()
         conn = self.conn
-        self._greenlets = [gevent.spawn(self._read_loop, conn), gevent.spawn(self._ping_loop, conn)]
+        self._greenlets = [gevent.spawn(self._read_loop, conn), gevent.spawn(self._ping_loop, conn),
+                           gevent.spawn(self._watch_loop, conn)]
         log.info("exchange stream connected", extra={"fields": {
             "exchange": self.exchange, "category": self.category, "incarnation": self.incarnation,
-            "topics": len(self.wanted)}})
+            "topics": len(self.wanted), "canary": self._canary or ""}})
         topics = tuple(sorted(self.wanted))
         self.awaiting_initial = set(topics)
         if topics:
             self._subscribe(topics)
         else:
             self._mark_healthy()
+        self._sync_canary()
         self._report()
 
     def on_stop(self) -> None:
@@ -243,7 +336,7 @@ class ExchangeStreamActor(SupervisedActor):
 
     def _disconnect(self) -> None:
         self.conn = -1  # frames still queued from this connection are ignored
-        for greenlet in self._greenlets:
+        for greenlet in self._greenlets + self._timers:
             greenlet.kill(block=False)
         if self.ws is not None:
             try:
@@ -289,6 +382,32 @@ class ExchangeStreamActor(SupervisedActor):
             except Exception:  # noqa: BLE001 - the actor is gone; so is this loop's purpose
                 return
 
+    def _watch_loop(self, conn: int) -> None:
+        """Wake at the data-silence deadline (so the stream is declared dead on time, not on the
+        next ping), and at least once a second for overdue resyncs; the actor decides."""
+        ref = self.actor_ref
+        while True:
+            deadline = self._silence_deadline()
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            gevent.sleep(max(0.02, wait))
+            try:
+                ref.tell(Watch(conn))
+            except Exception:  # noqa: BLE001 - the actor is gone
+                return
+
+    def _later(self, delay: float, message: Any) -> None:
+        """Tell this actor ``message`` in ``delay`` seconds (dropped if the connection is gone by then)."""
+        ref = self.actor_ref
+
+        def fire() -> None:
+            try:
+                ref.tell(message)
+            except Exception:  # noqa: BLE001 - the actor is gone
+                pass
+
+        self._timers = [t for t in self._timers if not t.dead]
+        self._timers.append(gevent.spawn_later(delay, fire))
+
     # -- messages ------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
@@ -298,26 +417,99 @@ class ExchangeStreamActor(SupervisedActor):
         elif isinstance(message, PingDue):
             if message.conn == self.conn:
                 self._on_ping_due()
+        elif isinstance(message, Watch):
+            if message.conn == self.conn:
+                self._on_watch()
         elif isinstance(message, UpstreamLost):
             if message.conn == self.conn:
                 raise UpstreamDisconnected(message.reason)
         elif isinstance(message, WantTopics):
             new = tuple(t for t in message.topics if t not in self.wanted)
             self.wanted.update(new)
-            if new and self.ws is not None:
-                self._subscribe(new)
+            if self.ws is not None:
+                busy = self.subscribed | self._pending_topics("subscribe")
+                fresh = tuple(t for t in new if t not in busy)  # the canary may be subscribed already
+                if fresh:
+                    self._subscribe(fresh)
+                self._sync_canary()
+                self._report()
+        elif isinstance(message, RetrySubscribe):
+            if message.conn == self.conn and self.ws is not None:
+                busy = self.subscribed | self._pending_topics("subscribe")
+                topics = tuple(t for t in message.topics if self._needed(t) and t not in busy)
+                if topics:
+                    self._subscribe(topics, attempt=message.attempt)
         elif isinstance(message, DropTopics):
             gone = tuple(t for t in message.topics if t in self.wanted)
             self.wanted.difference_update(gone)
-            active = tuple(t for t in gone if t in self.subscribed or t in self.pending)
+            busy = self.subscribed | self._pending_topics("subscribe")
+            active = tuple(t for t in gone if t in busy and not self._needed(t))
             if active and self.ws is not None:
                 self._unsubscribe(active)
             for topic in gone:
-                self.books.pop(topic, None)
+                self._forget(topic)
+            if self.ws is not None:
+                self._sync_canary()
             self._report()
         else:
             return super().on_receive(message)
         return None
+
+    def _on_watch(self) -> None:
+        now = time.monotonic()
+        deadline = self._silence_deadline()
+        if deadline is not None and now >= deadline:
+            lively = sorted(t for t in self.subscribed if _must_push(t))
+            silent = now - max(self.last_data, self._armed_at or 0.0)
+            raise StreamStale(f"no market data for {silent:.1f}s while subscribed to {len(lively)} topic(s) that push "
+                              f"at least every 3 s ({', '.join(lively[:3])}); UPSTREAM_DATA_SILENCE is "
+                              f"{self.settings.data_silence:g}s")
+        for topic, since in list(self._resyncing.items()):
+            if now - since >= self.settings.resync_retry:
+                del self._resyncing[topic]
+                self._resync(topic, f"no usable snapshot {now - since:.1f}s after resubscribing")
+
+    def _silence_deadline(self) -> float | None:
+        """When the stream counts as silent, or ``None`` while nothing must keep pushing."""
+        if self._armed_at is None:
+            return None
+        return max(self.last_data, self._armed_at) + self.settings.data_silence
+
+    def _rearm(self) -> None:
+        """Arm the data watch while a level-1 book is subscribed (from then on, not before)."""
+        if any(_must_push(t) for t in self.subscribed):
+            if self._armed_at is None:
+                self._armed_at = time.monotonic()
+        else:
+            self._armed_at = None
+
+    def _needed(self, topic: str) -> bool:
+        return topic in self.wanted or (topic == self._canary and self._canary_on)
+
+    def _pending_topics(self, op: str) -> set[str]:
+        return {t for p in self.pending.values() if p.op == op for t in p.topics}
+
+    def _sync_canary(self) -> None:
+        """The canary is subscribed while anything else is wanted, and only then."""
+        canary = self._canary
+        if canary is None or self._canary_refused:
+            return
+        guard = bool(self.wanted - {canary})
+        if guard and not self._canary_on:
+            self._canary_on = True
+            if canary not in self.subscribed and canary not in self._pending_topics("subscribe"):
+                self._subscribe((canary,))
+        elif not guard and self._canary_on:
+            self._canary_on = False
+            if canary not in self.wanted and (canary in self.subscribed or canary in self._pending_topics("subscribe")):
+                self._unsubscribe((canary,))
+
+    def _forget(self, topic: str) -> None:
+        """State of a topic no longer wanted."""
+        self._resyncing.pop(topic, None)
+        self.books.pop(topic, None)
+        if topic.startswith("tickers."):
+            self.tickers.forget(Category(self.category), topic.partition(".")[2])
 
     def _on_ping_due(self) -> None:
         now = time.monotonic()
@@ -336,9 +528,9 @@ class ExchangeStreamActor(SupervisedActor):
         assert self.ws is not None
         self.ws.send(text)
 
-    def _subscribe(self, topics: tuple[str, ...]) -> None:
+    def _subscribe(self, topics: tuple[str, ...], attempt: int = 0) -> None:
         for request in self.protocol.subscribe_requests(topics, self.category, self._next_req_id):
-            self.pending[request.req_id] = _Pending(tuple(request.topics), "subscribe", time.monotonic())
+            self.pending[request.req_id] = _Pending(tuple(request.topics), "subscribe", time.monotonic(), attempt)
             self._send(request.text)
 
     def _unsubscribe(self, topics: tuple[str, ...]) -> None:
@@ -346,6 +538,7 @@ class ExchangeStreamActor(SupervisedActor):
             self.pending[request.req_id] = _Pending(tuple(request.topics), "unsubscribe", time.monotonic())
             self._send(request.text)
         self.subscribed.difference_update(topics)
+        self._rearm()
 
     def _next_req_id(self) -> str:
         return f"{self.incarnation}-{next(self._req_ids)}"
@@ -353,13 +546,14 @@ class ExchangeStreamActor(SupervisedActor):
     # -- frames --------------------------------------------------------------------
 
     def _on_frame(self, text: str, received: float) -> None:
-        self.last_frame = time.monotonic()
+        self.last_frame = now = time.monotonic()
         try:
             event = self.protocol.parse(text)
         except ExchangeProtocolError as exc:
             self._count_garbage(exc)
             return
         if isinstance(event, TopicMessage):
+            self.last_data = now
             self._on_topic(event, received)
         elif isinstance(event, SubscribeAck):
             self._on_ack(event)
@@ -371,10 +565,25 @@ class ExchangeStreamActor(SupervisedActor):
         self._garbage.append(now)
         while self._garbage and self._garbage[0] < now - 60:
             self._garbage.popleft()
-        if self.metrics is not None:
-            self.metrics.upstream_bad_messages.labels(self.exchange).inc()
+        self._drop("-", DropReason.UNPARSEABLE, str(exc))
         if len(self._garbage) > self.settings.garbage_limit:
             raise UpstreamGarbage(f"{len(self._garbage)} unparseable frames in 60s (last: {exc})")
+
+    def _drop(self, topic: str, reason: DropReason, detail: str) -> None:
+        """Count a dropped frame; log it at WARNING once a minute per (topic, reason) at most."""
+        counter = self._bad.get(reason)
+        if counter is not None:
+            counter.inc()
+        key = (topic if len(self._drop_log) < 256 else "*", reason.value)  # topics come from the exchange: bounded
+        now = time.monotonic()
+        entry = self._drop_log.get(key)
+        if entry is not None and now - entry[0] < 60:
+            entry[1] += 1
+            return
+        self._drop_log[key] = [now, 0]
+        log.warning("dropped a bad market-data frame", extra={"fields": {
+            "exchange": self.exchange, "category": self.category, "topic": topic, "reason": reason.value,
+            "error": detail[:200], "dropped_since_last_log": int(entry[1]) if entry else 0}})
 
     def _on_ack(self, ack: SubscribeAck) -> None:
         pending = self.pending.pop(ack.req_id, None) if ack.req_id else None
@@ -388,23 +597,60 @@ class ExchangeStreamActor(SupervisedActor):
         if pending is None or pending.op != "subscribe":
             return
         if ack.ok:
-            self.subscribed.update(pending.topics)
+            self.subscribed.update(t for t in pending.topics if self._needed(t))  # not one dropped meanwhile
             self.awaiting_initial.difference_update(pending.topics)
+            self._rearm()
         else:
-            failed = tuple(t for t in pending.topics if t in ack.fail_topics) or pending.topics
-            others = tuple(t for t in pending.topics if t not in failed)
-            log.warning("exchange rejected a subscription", extra={"fields": {
-                "exchange": self.exchange, "category": self.category, "topics": ",".join(failed),
-                "reason": ack.ret_msg}})
-            self.wanted.difference_update(failed)
-            self.awaiting_initial.difference_update(failed)
-            self.bridge.tell(SubscribeRejected(self.exchange, self.category, failed, ack.ret_msg))
-            if others:
-                # One bad topic fails its whole request: send the good ones again.
-                self._subscribe(others)
+            self._on_refused(pending, ack)
         if not self.awaiting_initial:
             self._mark_healthy()
         self._report()
+
+    def _on_refused(self, pending: _Pending, ack: SubscribeAck) -> None:
+        """One bad topic fails its whole request: reject what the exchange names, retry the rest."""
+        named = tuple(t for t in pending.topics if t in ack.fail_topics)
+        if named:
+            self._reject(named, ack.ret_msg)
+            others = tuple(t for t in pending.topics if t not in named and self._needed(t))
+            if others:  # innocent: sent again at once
+                self._subscribe(others)
+            return
+        topics = tuple(t for t in pending.topics if self._needed(t))
+        attempt = pending.attempt + 1
+        if not topics:
+            return
+        if len(topics) == 1 and attempt >= self.settings.resubscribe_attempts:
+            self._reject(topics, ack.ret_msg)  # refused on its own, again and again: it is this topic
+            return
+        delay = min(self.settings.resubscribe_cap, self.settings.resubscribe_base * 2 ** (attempt - 1))
+        half = (len(topics) + 1) // 2
+        parts = (topics[:half], topics[half:]) if len(topics) > 1 else (topics,)
+        log.warning("exchange refused a subscribe without naming a topic; retrying", extra={"fields": {
+            "exchange": self.exchange, "category": self.category, "topics": ",".join(topics),
+            "attempt": attempt, "delay_s": round(delay, 3), "split": len(parts), "reason": ack.ret_msg}})
+        for part in parts:
+            self._later(delay, RetrySubscribe(self.conn, part, attempt))
+
+    def _reject(self, topics: tuple[str, ...], reason: str) -> None:
+        self.awaiting_initial.difference_update(topics)
+        canary = self._canary
+        if canary in topics and canary not in self.wanted:
+            self._canary_refused, self._canary_on = True, False
+            log.warning("exchange refused the liveness canary; only level-1 books clients subscribe arm the "
+                        "data-silence watch", extra={"fields": {
+                            "exchange": self.exchange, "category": self.category, "topic": canary,
+                            "reason": reason}})
+        rejected = tuple(t for t in topics if t in self.wanted)
+        if not rejected:
+            return
+        log.warning("exchange rejected a subscription", extra={"fields": {
+            "exchange": self.exchange, "category": self.category, "topics": ",".join(rejected),
+            "reason": reason}})
+        self.wanted.difference_update(rejected)
+        for topic in rejected:
+            self._forget(topic)
+        self.bridge.tell(SubscribeRejected(self.exchange, self.category, rejected, reason))
+        self._sync_canary()
 
     def _mark_healthy(self) -> None:
         if not self._healthy_sent:
@@ -419,7 +665,8 @@ class ExchangeStreamActor(SupervisedActor):
                 self.metrics.exchange_lag_seconds.labels(self.exchange, self.category).set(
                     sorted(lags)[len(lags) // 2] / 1000)
         self.bridge.tell(StreamState(
-            self.exchange, self.category, True, tuple(sorted(self.subscribed)), self.incarnation, self.resyncs,
+            self.exchange, self.category, True, tuple(sorted(t for t in self.subscribed if t in self.wanted)),
+            self.incarnation, self.resyncs,
             round(sorted(lags)[len(lags) // 2], 1) if lags else None,
             round(sorted(offsets)[len(offsets) // 2], 1) if offsets else None,
         ))
@@ -435,13 +682,26 @@ class ExchangeStreamActor(SupervisedActor):
         if self._messages is not None:
             self._messages.inc()
         if topic not in self.wanted:
-            return  # late data for a topic just dropped
-        update = self.protocol.normalize(message, self.category)
+            if topic != self._canary and topic not in self._pending_topics("unsubscribe"):
+                # (the canary is for liveness only; data in flight for a topic being unsubscribed is expected)
+                self._drop(topic, DropReason.UNSUBSCRIBED, "data for a topic this stream is not subscribed to")
+            return
+        try:
+            update = self.protocol.normalize(message, self.category)
+        except ExchangeProtocolError as exc:
+            self._drop(topic, exc.reason, str(exc))
+            if topic.startswith("orderbook.") or (topic.startswith("tickers.") and self.category != "spot"):
+                # later deltas build on what was lost; the reason reaches clients: no exchange text in it
+                self._resync(topic, f"dropped a frame with a bad value ({exc.reason})")
+            return
         if isinstance(update, TickerUpdate):
+            if topic in self._resyncing and not update.snapshot:
+                return  # a delta from before the resync: wait for the new snapshot
             ticker = self.tickers.apply(update)
             if ticker is None:
                 self._resync(topic, "ticker delta before snapshot")
                 return
+            self._resyncing.pop(topic, None)
             data = ticker.to_json_dict()
             data["receivedAt"] = int(received * 1000)
             self._emit(topic, data, message.ts, received)
@@ -458,6 +718,8 @@ class ExchangeStreamActor(SupervisedActor):
                 self._emit(topic, data, message.ts, received)
 
     def _on_book(self, topic: str, update: BookUpdate, ts: int, received: float) -> None:
+        if topic in self._resyncing and not update.snapshot:
+            return  # in flight from before the resync (the exchange had not seen the unsubscribe yet)
         book = self.books.get(topic)
         if book is None:
             book = self.books[topic] = OrderBook(self.category, update.symbol, update.depth)
@@ -465,6 +727,7 @@ class ExchangeStreamActor(SupervisedActor):
         if gap is not None:
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")
             return
+        self._resyncing.pop(topic, None)
         view = book.view(min(self.settings.book_levels, update.depth))
         if view is None:
             return
@@ -473,14 +736,30 @@ class ExchangeStreamActor(SupervisedActor):
         self._emit(topic, data, ts, received)
 
     def _resync(self, topic: str, reason: str) -> None:
-        """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot."""
+        """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot.
+
+        Once per gap: until the new snapshot, deltas are dropped and further
+        calls for the topic do nothing (:meth:`_on_watch` redoes a resync that
+        brought no usable snapshot)."""
+        if topic in self._resyncing:
+            return
+        self._resyncing[topic] = time.monotonic()
         self.resyncs += 1
         if self.metrics is not None:
             self.metrics.book_resyncs.labels(self.exchange, self.category).inc()
         log.warning("resubscribing after a lost update", extra={"fields": {
             "exchange": self.exchange, "category": self.category, "topic": topic, "reason": reason}})
-        self.books.pop(topic, None)
-        self.bridge.tell(BookReset(self.exchange, self.category, topic, reason))
-        self._unsubscribe((topic,))
-        self._subscribe((topic,))
+        if topic.startswith("orderbook."):
+            self.books.pop(topic, None)
+            self.bridge.tell(BookReset(self.exchange, self.category, topic, reason))
+        else:  # a ticker: clients keep the last full one until the new snapshot
+            self.tickers.forget(Category(self.category), topic.partition(".")[2])
+        if self.ws is not None:
+            self._unsubscribe((topic,))
+            self._subscribe((topic,))
         self._report()
+
+
+def _must_push(topic: str) -> bool:
+    """Bybit re-sends a level-1 book at least every 3 s (docs/bybit-v5.md §3), whatever the pair."""
+    return topic.startswith("orderbook.1.")

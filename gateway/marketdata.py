@@ -59,7 +59,9 @@ class MarketData:
         for category in s.market_categories:
             child_id = f"exchange:bybit:{category}"
             stream_settings = StreamSettings(url=self.url(category), ping_interval=s.upstream_ping_interval,
-                                             stale_after=s.upstream_stale_after)
+                                             stale_after=s.upstream_stale_after,
+                                             data_silence=s.upstream_data_silence,
+                                             canary_symbol=s.popular_pairs[0] if s.popular_pairs else None)
             spec = ChildSpec(child_id, "exchange_stream", self._stream_factory(category, stream_settings),
                              Restart.PERMANENT, policy, static=True)
             self.streams[("bybit", category)] = self.supervisor.start_child(spec)
@@ -93,11 +95,13 @@ class MarketData:
 
     def stats(self) -> dict[str, Any]:
         if self.bridge is None:
-            return {"initialized": False, "exchanges": {}, "subscriptions": 0, "activeSubscriptions": []}
+            return {"initialized": False, "exchanges": {}, "subscriptions": 0, "activeSubscriptions": [],
+                    "retrying": []}
         try:
             return self.bridge.ask(GetStats(), timeout=1.0)
         except Exception:  # noqa: BLE001 - the bridge is restarting: say so rather than fail /ws/stats
-            return {"initialized": False, "exchanges": {}, "subscriptions": 0, "activeSubscriptions": []}
+            return {"initialized": False, "exchanges": {}, "subscriptions": 0, "activeSubscriptions": [],
+                    "retrying": []}
 
     def stop(self) -> None:
         if self.simulator is not None:

@@ -21,6 +21,38 @@ What bites (details in ``docs/bybit-v5.md``):
   (:class:`market.ticker.TickerBook` merges them).
 * Order book depth 500 is gone since 2025-09-30 (docs commit 77927d46a,
   "remove ob 500"); asking for it fails with ``error:handler not found``.
+* A failure reply lists its topics in two forms: ``a,b`` and Go's
+  ``[a b]`` (brackets optional, commas and/or spaces between topics);
+  :func:`parse` reads both.
+
+Valid numbers. Bybit sends every price, size and ratio as a JSON *string*
+of plain decimal text, and that exact text is what clients get back
+(:func:`market.model.decimal_text`). So a decimal field is accepted only as
+a string that is:
+
+* ASCII digits with an optional fraction: ``0``, ``16578.50``,
+  ``0.00000123``; at most 32 digits on each side of the point; no leading
+  zero before another digit (``01``), no exponent (``1e5``), no ``NaN`` or
+  ``Infinity``, no ``+``, spaces, ``_`` or other Unicode digits, nothing
+  bare (``.5``, ``5.``);
+* signed (a leading ``-``) only for ratios: ``price24hPcnt``,
+  ``change24h``, ``fundingRate``;
+* ``> 0`` for a price something trades at or rests at: ``lastPrice``, a
+  book level's price, a trade's ``p``, a candle's open/high/low/close;
+  ``>= 0`` for every other price (bid/ask, mark, index, 24 h high/low: an
+  empty side may be sent as ``0``), every size (a book level's size ``0``
+  deletes it), volume and turnover.
+
+A JSON number (``1e5``, ``16578.5``) in a decimal field is refused too:
+Bybit never sends one, and its text is lost once parsed. In a ticker, ``""``
+means "no value" (``None``). The module-level ``normalize*`` functions check
+the form (and a book level's range); :func:`check_values` checks the range
+of the rest; :data:`BYBIT`'s ``normalize``, which the exchange streams call,
+does both. A failure raises :class:`BybitProtocolError` with ``reason``
+:attr:`~market.exchange.DropReason.BAD_VALUE`
+(:attr:`~market.exchange.DropReason.WRONG_SYMBOL` when the data names
+another symbol or interval than its topic): the caller drops that frame,
+never the connection.
 
 Errors: :class:`BybitProtocolError` for a frame that makes no sense, plain
 :class:`ValueError` for a bad argument to a builder.
@@ -36,6 +68,7 @@ from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
 from .exchange import (
+    DropReason,
     ExchangeEvent,
     ExchangeProtocolError,
     MessageType,
@@ -55,6 +88,7 @@ from .model import (
     TickerUpdate,
     Topic,
     Trade,
+    decimal_text,
 )
 
 __all__ = [
@@ -66,6 +100,7 @@ __all__ = [
     "PING_INTERVAL_SECONDS",
     "BybitProtocolError",
     "BybitV5Public",
+    "check_values",
     "format_topic",
     "kline_topic",
     "normalize",
@@ -412,18 +447,25 @@ def parse(text: str | bytes) -> ExchangeEvent:
 
 # Topics named by a failure's ret_msg. Linear: "error:handler not found,
 # topic:orderbook.500.BTCUSDT" (sieblyio/bybit-api #561 and others). Spot:
-# "Invalid symbol :[tickers.XUSDT]" (third-party fixtures); several topics
-# are assumed to be comma-separated inside the brackets.
-_LINEAR_FAIL_RE: Final = re.compile(r"error:handler not found,topic:(\S+)")
-_SPOT_FAIL_RE: Final = re.compile(r"Invalid symbol :\[([^\]]*)\]")
+# "Invalid symbol :[tickers.XUSDT]" (third-party fixtures). With several
+# topics the list comes in two forms, "a,b" and Go's "[a b]"; brackets are
+# optional and both separators are read, in either message.
+_LINEAR_FAIL_RE: Final = re.compile(r"error:handler not found,\s*topic:\s*(.*)", re.DOTALL)
+_SPOT_FAIL_RE: Final = re.compile(r"Invalid symbol\s*:\s*(.*)", re.DOTALL)
+_LIST_SEPARATOR_RE: Final = re.compile(r"[,\s]+")
+
+
+def _topic_names(text: str) -> tuple[str, ...]:
+    """``[a b]``, ``[a,b]``, ``a,b``, ``a`` → ``("a", "b")``: topic names never hold commas or spaces."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return tuple(dict.fromkeys(t for t in _LIST_SEPARATOR_RE.split(text) if t))
 
 
 def _named_fail_topics(ret_msg: str) -> tuple[str, ...]:
-    if match := _LINEAR_FAIL_RE.fullmatch(ret_msg):
-        return (match.group(1),)
-    if match := _SPOT_FAIL_RE.fullmatch(ret_msg):
-        return tuple(t.strip() for t in match.group(1).split(",") if t.strip())
-    return ()
+    match = _LINEAR_FAIL_RE.fullmatch(ret_msg) or _SPOT_FAIL_RE.fullmatch(ret_msg)
+    return _topic_names(match.group(1)) if match else ()
 
 
 def _ack(obj: Mapping[str, Any]) -> SubscribeAck:
@@ -554,20 +596,31 @@ def _topic_message(obj: Mapping[str, Any]) -> TopicMessage:
 # --- normalization ------------------------------------------------------------
 
 # Bybit sends decimals as plain text; this is the only form accepted, so that
-# format(Decimal(text), "f") gives the same text back. (Decimal() alone would
-# also take "NaN", "1e5", " 1 " and "1_0".)
-_DECIMAL_RE: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# format(Decimal(text), "f") gives the same text back (the module docstring
+# says what is valid). Decimal() alone would also take "NaN", "1e5", " 1 ",
+# "1_0", "+1", ".5" and Arabic-Indic digits.
+_DECIMAL_RE: Final = re.compile(r"-?(?:0|[1-9][0-9]{0,31})(?:\.[0-9]{1,32})?")
+
+PRICE: Final = "price"  # > 0
+AMOUNT: Final = "amount"  # >= 0: sizes, volumes, turnover, quotes that may be 0
+SIGNED: Final = "signed"  # ratios: may be negative
 
 
 def _decimal(value: object, what: str) -> Decimal:
-    if type(value) is str:
-        if _DECIMAL_RE.fullmatch(value):
-            return Decimal(value)
-    elif type(value) is int:
-        return Decimal(value)
-    elif type(value) is Decimal and value.is_finite():
-        return value
-    raise BybitProtocolError(f"{what} is not a decimal: {_show(value)}")
+    """``value`` as a :class:`Decimal` if it is valid decimal text (its form;
+    the range is :func:`check_values`'s job), else :class:`BybitProtocolError`."""
+    if type(value) is not str or not _DECIMAL_RE.fullmatch(value):
+        raise BybitProtocolError(f"{what} is not a decimal: {_show(value)}")
+    return Decimal(value)
+
+
+def _check_range(value: Decimal, what: str, kind: str) -> None:
+    if kind == SIGNED:
+        return
+    if value.is_signed():  # "-0" too
+        raise BybitProtocolError(f"{what} is negative: {_show(decimal_text(value))}")
+    if kind == PRICE and not value:
+        raise BybitProtocolError(f"{what} is not a positive price: {_show(decimal_text(value))}")
 
 
 def _expect(message: TopicMessage, kind: StreamKind) -> Topic:
@@ -578,7 +631,8 @@ def _expect(message: TopicMessage, kind: StreamKind) -> Topic:
 
 
 def _mismatch(what: str, value: object, message: TopicMessage) -> BybitProtocolError:
-    return BybitProtocolError(f"{what} {_show(value)} does not match topic {_show(message.topic)}")
+    return BybitProtocolError(f"{what} {_show(value)} does not match topic {_show(message.topic)}",
+                              reason=DropReason.WRONG_SYMBOL)
 
 
 def _data_object(message: TopicMessage) -> dict[str, Any]:
@@ -593,27 +647,28 @@ def _data_array(message: TopicMessage) -> list[Any]:
     return message.data
 
 
-# Bybit ticker key -> Ticker field. Options name a few fields differently
-# (bidPrice, askPrice, change24h; per the option tab of the ticker page).
+# Bybit ticker key -> Ticker field, and what kind of decimal it is. Options
+# name a few fields differently (bidPrice, askPrice, change24h; per the
+# option tab of the ticker page).
 _TICKER_DECIMALS: Final = (
-    ("lastPrice", "last_price"),
-    ("bid1Price", "bid_price"),
-    ("bidPrice", "bid_price"),
-    ("bid1Size", "bid_size"),
-    ("bidSize", "bid_size"),
-    ("ask1Price", "ask_price"),
-    ("askPrice", "ask_price"),
-    ("ask1Size", "ask_size"),
-    ("askSize", "ask_size"),
-    ("highPrice24h", "high_24h"),
-    ("lowPrice24h", "low_24h"),
-    ("volume24h", "volume_24h"),
-    ("turnover24h", "turnover_24h"),
-    ("price24hPcnt", "change_24h"),
-    ("change24h", "change_24h"),
-    ("markPrice", "mark_price"),
-    ("indexPrice", "index_price"),
-    ("fundingRate", "funding_rate"),
+    ("lastPrice", "last_price", PRICE),
+    ("bid1Price", "bid_price", AMOUNT),
+    ("bidPrice", "bid_price", AMOUNT),
+    ("bid1Size", "bid_size", AMOUNT),
+    ("bidSize", "bid_size", AMOUNT),
+    ("ask1Price", "ask_price", AMOUNT),
+    ("askPrice", "ask_price", AMOUNT),
+    ("ask1Size", "ask_size", AMOUNT),
+    ("askSize", "ask_size", AMOUNT),
+    ("highPrice24h", "high_24h", AMOUNT),
+    ("lowPrice24h", "low_24h", AMOUNT),
+    ("volume24h", "volume_24h", AMOUNT),
+    ("turnover24h", "turnover_24h", AMOUNT),
+    ("price24hPcnt", "change_24h", SIGNED),
+    ("change24h", "change_24h", SIGNED),
+    ("markPrice", "mark_price", AMOUNT),
+    ("indexPrice", "index_price", AMOUNT),
+    ("fundingRate", "funding_rate", SIGNED),
 )
 
 
@@ -644,7 +699,7 @@ def normalize_ticker(message: TopicMessage, category: Category | str) -> TickerU
     if data.get("symbol") != topic.symbol:
         raise _mismatch("ticker symbol", data.get("symbol"), message)
     changes: dict[str, Decimal | int | None] = {}
-    for key, name in _TICKER_DECIMALS:
+    for key, name, _kind in _TICKER_DECIMALS:
         if key in data:
             value = data[key]
             changes[name] = None if value == "" else _decimal(value, key)
@@ -677,7 +732,7 @@ def _levels(raw: object, side: str) -> tuple[BookLevel, ...]:
             raise BybitProtocolError(f"invalid order book level {_show(entry)}")
         price = _decimal(entry[0], f"{side} price")
         size = _decimal(entry[1], f"{side} size")
-        if price <= 0 or size < 0:
+        if price <= 0 or size < 0 or entry[1].startswith("-"):  # "-0" is no size either
             raise BybitProtocolError(f"invalid order book level {_show(entry)}")
         levels.append(BookLevel(price, size))
     return tuple(levels)
@@ -807,6 +862,38 @@ _NORMALIZERS: Final[Mapping[StreamKind, Callable[[TopicMessage, Category | str],
 }
 
 
+_TICKER_RANGES: Final = {name: (key, kind) for key, name, kind in reversed(_TICKER_DECIMALS)}
+
+
+def check_values(update: MarketUpdate) -> MarketUpdate:
+    """``update`` itself if every number in it is in range (the module
+    docstring: prices > 0 where something trades or rests at them, sizes and
+    other amounts >= 0, only ratios signed); else :class:`BybitProtocolError`
+    (``reason`` ``bad_value``) naming the first one that is not.
+
+    :func:`normalize` checks the *form* of every number (plain decimal text);
+    this checks the range, and :data:`BYBIT`'s ``normalize`` (what the
+    exchange streams call) does both. Book levels are range-checked by
+    :func:`normalize_orderbook` already.
+    """
+    if isinstance(update, TickerUpdate):
+        for name, value in update.changes:
+            if isinstance(value, Decimal) and name in _TICKER_RANGES:
+                key, kind = _TICKER_RANGES[name]
+                _check_range(value, key, kind)
+    elif isinstance(update, tuple):
+        for item in update:
+            if isinstance(item, Trade):
+                _check_range(item.price, "p", PRICE)
+                _check_range(item.size, "v", AMOUNT)
+            elif isinstance(item, Kline):
+                for what in ("open", "high", "low", "close"):
+                    _check_range(getattr(item, what), what, PRICE)
+                _check_range(item.volume, "volume", AMOUNT)
+                _check_range(item.turnover, "turnover", AMOUNT)
+    return update
+
+
 def normalize(message: TopicMessage, category: Category | str) -> MarketUpdate:
     """Any supported data message as model values: a :class:`TickerUpdate`
     (feed it to :class:`~market.ticker.TickerBook`), a :class:`BookUpdate`
@@ -845,7 +932,8 @@ class BybitV5Public:
         return parse(text)
 
     def normalize(self, message: TopicMessage, category: Category) -> MarketUpdate:
-        return normalize(message, category)
+        """:func:`normalize`, then :func:`check_values`: form and range."""
+        return check_values(normalize(message, category))
 
 
 BYBIT: Final = BybitV5Public()

@@ -24,8 +24,10 @@ Errors::
     └── ExchangeProtocolError       a frame the exchange sent makes no sense
         └── BybitProtocolError      (market.bybit)
 
-A bad *argument* (an unknown depth for the category, say) is a plain
-:class:`ValueError`.
+An :class:`ExchangeProtocolError` carries a :class:`DropReason` (its
+``reason``): the stream owner drops the frame, counts it under that reason
+and keeps the connection. A bad *argument* (an unknown depth for the
+category, say) is a plain :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 from .model import Category, MarketUpdate, Topic
 
 __all__ = [
+    "DropReason",
     "ExchangeEvent",
     "ExchangeProtocol",
     "ExchangeProtocolError",
@@ -49,12 +52,31 @@ __all__ = [
 ]
 
 
+class DropReason(StrEnum):
+    """Why a frame from the exchange was dropped: the bounded ``reason`` label
+    of ``ws_exchange_bad_messages_total``."""
+
+    UNPARSEABLE = "unparseable"  # not JSON, or no message shape the exchange sends
+    BAD_VALUE = "bad_value"  # a data frame with a value that does not validate (NaN, "1e5", a negative size…)
+    WRONG_SYMBOL = "wrong_symbol"  # a data frame whose data names another symbol (or interval) than its topic
+    UNSUBSCRIBED = "unsubscribed"  # a data frame for a topic the stream is not subscribed to
+
+
 class ExchangeProtocolError(ValueError):
     """A frame from the exchange that cannot be understood.
 
-    The message is lowercase and says what was wrong. The frame should be
-    logged and dropped; one bad frame is no reason to drop the connection.
+    The message is lowercase and says what was wrong; ``reason`` says which
+    kind of wrong (:class:`DropReason`, ``bad_value`` unless given). The frame
+    should be logged and dropped; one bad frame is no reason to drop the
+    connection.
     """
+
+    reason: DropReason = DropReason.BAD_VALUE
+
+    def __init__(self, *args: object, reason: DropReason | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
 
 
 class MessageType(StrEnum):

@@ -178,8 +178,10 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
     )
     # --- market data (section owned by actors/exchange_stream.py) -----------
     m.update(
-        upstream_bad_messages=Counter("ws_exchange_bad_messages", "Unparseable frames from an exchange",
-                                      ["exchange"], registry=r),
+        # reason: market.exchange.DropReason (unparseable, bad_value, wrong_symbol, unsubscribed)
+        upstream_bad_messages=Counter("ws_exchange_bad_messages",
+                                      "Frames from an exchange dropped (the stream stays up), by reason",
+                                      ["exchange", "reason"], registry=r),
         book_resyncs=Counter("ws_exchange_book_resyncs", "Order books resubscribed after a lost update",
                              ["exchange", "category"], registry=r),
         exchange_messages=Counter("ws_exchange_messages", "Data frames received from an exchange stream",

@@ -70,6 +70,9 @@ class Connection:
         self.subscriptions: dict[str, Topic] = {}
         self.unsynced: set[str] = set()
         self.silenced_until: float | None = None
+        self.silence_replies = True  # while silenced, replies (pongs, acks) are dropped too
+        self.delayed: deque[tuple[float, bytes]] = deque()  # requests waiting out a latency fault
+        self.delay_worker: gevent.Greenlet | None = None
         self.messages_sent = 0
         self.bytes_sent = 0
         self.dropped_silent = 0
@@ -98,24 +101,28 @@ class Connection:
         self.unsilence()
         return False
 
-    def silence(self, seconds: float | None) -> None:
-        """Send nothing for ``seconds`` (``None``: until :meth:`unsilence`)."""
+    def silence(self, seconds: float | None, *, replies: bool = False) -> None:
+        """Send nothing for ``seconds`` (``None``: until :meth:`unsilence`);
+        with ``replies``, replies to requests (pongs, acks) still go out."""
         self.silenced_until = math.inf if seconds is None else time.monotonic() + seconds
+        self.silence_replies = not replies
 
     def unsilence(self) -> None:
         """End a silence; the deltas it swallowed are replaced by fresh snapshots."""
         if self.silenced_until is not None:
             self.silenced_until = None
+            self.silence_replies = True
             self.unsynced |= set(self.subscriptions)
 
-    def send(self, frame: bytes, *, force: bool = False) -> bool:
+    def send(self, frame: bytes, *, force: bool = False, reply: bool = False) -> bool:
         """Queue an encoded frame. Returns False if dropped (silenced, closing, or the client too slow).
 
-        ``force`` sends even while silenced (for ``close`` and ``garbage`` faults).
+        ``force`` sends even while silenced (for ``close`` and ``garbage`` faults); ``reply``
+        marks a reply to a request, sent while silenced if the silence spares replies.
         """
         if self._closing:
             return False
-        if not force and self.is_silenced(time.monotonic()):
+        if not force and not (reply and not self.silence_replies) and self.is_silenced(time.monotonic()):
             self.dropped_silent += 1
             self._stats["messages_dropped_silent"] += 1
             return False
@@ -132,9 +139,9 @@ class Connection:
         self._wakeup.set()
         return True
 
-    def send_message(self, message: dict[str, Any], *, force: bool = False) -> bool:
+    def send_message(self, message: dict[str, Any], *, force: bool = False, reply: bool = False) -> bool:
         """Encode ``message`` as one text frame and :meth:`send` it."""
-        return self.send(encode_frame(Opcode.TEXT, dumps(message)), force=force)
+        return self.send(encode_frame(Opcode.TEXT, dumps(message)), force=force, reply=reply)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, abrupt: bool = False) -> None:
         """Start closing: a close frame with ``code`` (RFC 6455 §7.1.2), or with ``abrupt`` a bare TCP close."""
@@ -242,7 +249,7 @@ class Connection:
             if self._closing:
                 continue
             if frame.opcode == Opcode.PING:
-                self.send(encode_frame(Opcode.PONG, frame.payload))
+                self.send(encode_frame(Opcode.PONG, frame.payload), reply=True)
             elif frame.opcode == Opcode.PONG:
                 continue
             else:

@@ -10,14 +10,21 @@ Each fault, its options (defaults) and its effect:
 * ``close`` — ``code`` (1000), ``reason`` (""), ``abrupt`` (false): close the
   current connections now with that close code; ``abrupt`` drops TCP with no
   close frame.
-* ``silent`` — ``seconds`` (null = until ``resume``): the current connections
-  get nothing, not even pongs; TCP stays open. When it ends, each stateful
-  topic restarts with a snapshot.
+* ``silent`` — ``seconds`` (null = until ``resume``), ``replies`` (false):
+  the current connections get nothing, not even pongs; TCP stays open. With
+  ``replies`` true only market data stops: pongs and acks still go out (a
+  stuck feed behind a live socket). When it ends, each stateful topic
+  restarts with a snapshot.
 * ``garbage`` — ``count`` (1), ``kind`` ("mixed" | "text" | "json" | "binary"):
   send frames no Bybit parser accepts; "mixed" starts with non-JSON text.
-* ``reject_subscribe`` — ``count`` (1) or ``symbol``: the next ``count``
-  subscribes fail, or every subscribe naming ``symbol`` fails until ``resume``,
-  with the market's own failure reply.
+* ``reject_subscribe`` — ``count`` (1) or ``symbol``, ``form`` (null): the
+  next ``count`` subscribes fail, naming their first topic, or every
+  subscribe naming ``symbol`` fails until ``resume``, naming every topic of
+  that symbol in it, with the market's own failure reply. ``form`` says how
+  the reply lists the topics: null as recorded (spot ``[a,b]``, linear the
+  first one), ``"comma"`` (``a,b``), ``"space"`` (Go's ``[a b]``), or
+  ``"none"``: a failure that names no topic (``error:subscribe rejected``,
+  an invented text in Bybit's reply shape).
 * ``skip_u`` — ``symbol`` (all): the next orderbook delta of each subscribed
   book skips one ``u`` (that update is lost, as on a real gap).
 * ``u1_snapshot`` — ``symbol`` (all): the next orderbook message of each
@@ -27,13 +34,21 @@ Each fault, its options (defaults) and its effect:
 * ``refuse`` — ``seconds`` (null = until ``resume``), ``mode`` ("close" |
   "503"): new WebSocket connections are closed without an answer, or get
   ``HTTP 503``. The control API keeps answering.
+* ``latency`` — ``ms`` (0): every request a client sends from now on
+  (subscribe, unsubscribe, ping) takes effect ``ms`` later, in order, as
+  over a slow link to the exchange; data already flowing keeps flowing
+  meanwhile. ``ms`` 0 (or ``resume``) ends it.
+* ``frame`` — ``text``, ``count`` (1): send ``text`` verbatim as a text
+  frame ``count`` times to the current connections (a well-formed frame with
+  a bad value, data for a topic nobody subscribed, ...).
 * ``resume`` — clear every fault (with ``category``: that market's, and the
   unscoped ones).
 
 :func:`parse_fault` validates once at the edge and raises :class:`FaultError`
 with what was wrong. :class:`FaultBook` keeps the rules that decide future
-events (``reject_subscribe``, ``snapshot_before_ack``, ``refuse``); the
-server applies the others to connections and feeds when injected.
+events (``reject_subscribe``, ``snapshot_before_ack``, ``refuse``,
+``latency``); the server applies the others to connections and feeds when
+injected.
 """
 
 from __future__ import annotations
@@ -46,13 +61,17 @@ from typing import Any
 from simulator.protocol import Category
 
 __all__ = [
+    "REJECT_FORMS",
     "Close",
     "Fault",
     "FaultBook",
     "FaultError",
+    "Frame",
     "Garbage",
+    "Latency",
     "Refuse",
     "RejectSubscribe",
+    "Rejection",
     "Resume",
     "Silent",
     "SkipU",
@@ -80,6 +99,7 @@ class Close:
 class Silent:
     category: Category | None = None
     seconds: float | None = None
+    replies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,7 @@ class RejectSubscribe:
     category: Category | None = None
     count: int | None = None
     symbol: str | None = None
+    form: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +143,33 @@ class Refuse:
 
 
 @dataclass(frozen=True, slots=True)
+class Latency:
+    category: Category | None = None
+    ms: float = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    category: Category | None = None
+    text: str = ""
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Resume:
     category: Category | None = None
 
 
-Fault = Close | Silent | Garbage | RejectSubscribe | SkipU | U1Snapshot | SnapshotBeforeAck | Refuse | Resume
+Fault = (Close | Silent | Garbage | RejectSubscribe | SkipU | U1Snapshot | SnapshotBeforeAck | Refuse | Latency
+         | Frame | Resume)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A forced subscribe failure: the indices of the args to name, and how to list them."""
+
+    indices: tuple[int, ...]
+    form: str | None = None
 
 _KINDS: dict[str, type[Any]] = {
     "close": Close,
@@ -137,11 +180,14 @@ _KINDS: dict[str, type[Any]] = {
     "u1_snapshot": U1Snapshot,
     "snapshot_before_ack": SnapshotBeforeAck,
     "refuse": Refuse,
+    "latency": Latency,
+    "frame": Frame,
     "resume": Resume,
 }
 _NAMES = {cls: name for name, cls in _KINDS.items()}
 GARBAGE_KINDS = ("mixed", "text", "json", "binary")
 REFUSE_MODES = ("close", "503")
+REJECT_FORMS = ("comma", "space", "none")
 
 
 def _number(name: str, value: Any, *, integer: bool, minimum: float) -> Any:
@@ -188,11 +234,18 @@ def parse_fault(obj: Any) -> Fault:
             1015,
         ):  # RFC 6455 §7.4.1: never sent on the wire
             raise FaultError(f"close code {code} cannot be sent")
-    for key in ("reason", "symbol"):
+    if fields.get("ms") is not None:
+        _number("ms", fields["ms"], integer=False, minimum=0)
+    for key in ("reason", "symbol", "text", "form"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise FaultError(f"{key} must be a string")
-    if "abrupt" in fields and not isinstance(fields["abrupt"], bool):
-        raise FaultError("abrupt must be true or false")
+    for key in ("abrupt", "replies"):
+        if key in fields and not isinstance(fields[key], bool):
+            raise FaultError(f"{key} must be true or false")
+    if cls is Frame and not fields.get("text"):
+        raise FaultError("text must be a non-empty string")
+    if fields.get("form") is not None and fields["form"] not in REJECT_FORMS:
+        raise FaultError(f"form must be one of {', '.join(REJECT_FORMS)}")
     if cls is Garbage and fields.get("kind", "mixed") not in GARBAGE_KINDS:
         raise FaultError(f"kind must be one of {', '.join(GARBAGE_KINDS)}")
     if cls is Refuse and fields.get("mode", "close") not in REFUSE_MODES:
@@ -237,12 +290,18 @@ class FaultBook:
         self._rejects: list[_Rule] = []
         self._before_ack: list[_Rule] = []
         self._refusals: list[_Rule] = []
+        self._latency: dict[Category | None, float] = {}
 
-    def add(self, fault: RejectSubscribe | SnapshotBeforeAck | Refuse) -> None:
+    def add(self, fault: RejectSubscribe | SnapshotBeforeAck | Refuse | Latency) -> None:
         if isinstance(fault, RejectSubscribe):
-            self._rejects.append(_Rule(fault.category, fault.count, fault.symbol))
+            self._rejects.append(_Rule(fault.category, fault.count, fault.symbol, mode=fault.form or ""))
         elif isinstance(fault, SnapshotBeforeAck):
             self._before_ack.append(_Rule(fault.category, fault.count))
+        elif isinstance(fault, Latency):
+            if fault.ms:
+                self._latency[fault.category] = fault.ms / 1000
+            else:
+                self._latency.pop(fault.category, None)
         else:
             until = None if fault.seconds is None else self._clock() + fault.seconds
             self._refusals.append(_Rule(fault.category, until=until, mode=fault.mode))
@@ -251,26 +310,35 @@ class FaultBook:
         """Drop every rule, or with ``category`` the rules of that category and the unscoped ones."""
         for rules in (self._rejects, self._before_ack, self._refusals):
             rules[:] = [r for r in rules if category is not None and r.category not in (None, category)]
+        for scope in list(self._latency):
+            if category is None or scope in (None, category):
+                del self._latency[scope]
 
-    def take_reject(self, category: Category, symbols: list[str]) -> int | None:
-        """Index of the arg to name in a forced failure, or ``None`` if this subscribe passes.
+    def take_reject(self, category: Category, symbols: list[str]) -> Rejection | None:
+        """The args to name in a forced failure, or ``None`` if this subscribe passes.
 
         A symbol rule fails any request that names the symbol (and is not
-        spent); a count rule fails the next request whatever it names.
+        spent), naming every arg of that symbol; a count rule fails the next
+        request whatever it names, naming its first arg.
         """
         for rule in self._rejects:
             if not _matches(rule.category, category):
                 continue
+            form = rule.mode or None
             if rule.symbol is not None:
                 if rule.symbol in symbols:
-                    return symbols.index(rule.symbol)
+                    return Rejection(tuple(i for i, s in enumerate(symbols) if s == rule.symbol), form)
                 continue
             if rule.remaining:
                 rule.remaining -= 1
                 if rule.remaining == 0:
                     self._rejects.remove(rule)
-                return 0
+                return Rejection((0,), form)
         return None
+
+    def latency(self, category: Category) -> float:
+        """Seconds every request of a ``category`` connection waits before it takes effect."""
+        return max(self._latency.get(category, 0.0), self._latency.get(None, 0.0))
 
     def take_snapshot_before_ack(self, category: Category) -> bool:
         """True once per counted ``snapshot_before_ack`` matching ``category``."""
@@ -300,7 +368,11 @@ class FaultBook:
 
         return {
             "reject_subscribe": [
-                {"category": scope(r), "remaining": r.remaining, "symbol": r.symbol} for r in self._rejects
+                {"category": scope(r), "remaining": r.remaining, "symbol": r.symbol, "form": r.mode or None}
+                for r in self._rejects
+            ],
+            "latency": [
+                {"category": None if c is None else str(c), "ms": round(v * 1000, 3)} for c, v in self._latency.items()
             ],
             "snapshot_before_ack": [{"category": scope(r), "remaining": r.remaining} for r in self._before_ack],
             "refuse": [

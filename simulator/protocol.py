@@ -40,6 +40,7 @@ __all__ = [
     "KLINE_INTERVALS",
     "ORDERBOOK_DEPTHS",
     "SPOT_MAX_ARGS",
+    "UNNAMED_FAILURE",
     "Category",
     "Request",
     "RequestError",
@@ -224,12 +225,18 @@ def pong(category: Category, conn_id: str, req_id: str | None) -> dict[str, Any]
     return _reply(category, True, "pong", conn_id, req_id, "ping")
 
 
+#: The failure text of ``invalid_topics(..., form="none")``: invented (no
+#: recording), in Bybit's reply shape, for a refusal that names no topic.
+UNNAMED_FAILURE = "error:subscribe rejected"
+
+
 def invalid_topics(
     category: Category,
     topics: list[str],
     conn_id: str,
     req_id: str | None,
     op: str = "subscribe",
+    form: str | None = None,
 ) -> dict[str, Any]:
     """Failure naming unknown topics (the whole request fails).
 
@@ -239,8 +246,18 @@ def invalid_topics(
     ``error:handler not found,topic:t1``. Keys in the order of the
     recorded frames (``subscribe_fail_spot_invalid_symbol.json``,
     ``subscribe_fail.json``): spot has ``req_id`` only if the request did.
+
+    ``form`` lists every topic another way, in either market's text:
+    ``"comma"`` (``t1,t2``), ``"space"`` (Go's ``[t1 t2]``), or ``"none"``
+    names none (:data:`UNNAMED_FAILURE`).
     """
-    if category is Category.SPOT:
+    if form == "none":
+        ret_msg = UNNAMED_FAILURE
+    elif form is not None:
+        listed = ",".join(topics) if form == "comma" else f"[{' '.join(topics)}]"
+        ret_msg = (f"Invalid symbol :{listed}" if category is Category.SPOT
+                   else f"error:handler not found,topic:{listed}")
+    elif category is Category.SPOT:
         ret_msg = f"Invalid symbol :[{','.join(topics)}]"
     else:
         ret_msg = f"error:handler not found,topic:{topics[0]}"

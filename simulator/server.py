@@ -5,8 +5,10 @@ Routes (HTTP/1.1, one request per TCP connection except the WebSocket):
 * ``GET /v5/public/spot`` and ``GET /v5/public/linear`` with a WebSocket
   upgrade: the market streams (see :mod:`simulator.protocol` for every reply
   shape and :mod:`simulator.feeds` for the data).
-* ``GET /control/state``: connections, their subscriptions, active faults
-  and message counts, as JSON.
+* ``GET /control/state``: connections, their subscriptions, active faults,
+  message counts and the subscribe/unsubscribe requests seen per topic
+  (``requests``: ``{"spot:orderbook.50.BTCUSDT": {"subscribe": 2, ...}}``),
+  as JSON.
 * ``POST /control/fault`` with a JSON fault (see :mod:`simulator.faults`):
   ``200 {"ok": true, ...}`` or ``400 {"ok": false, "error": "..."}``.
 * ``GET /control/symbols``: the symbol policy and the instrument table;
@@ -51,7 +53,9 @@ from simulator.faults import (
     Close,
     FaultBook,
     FaultError,
+    Frame,
     Garbage,
+    Latency,
     Refuse,
     RejectSubscribe,
     Resume,
@@ -141,6 +145,7 @@ class SimulatorServer:
         self.handshake_timeout = handshake_timeout
         self.max_queue = max_queue
         self.stats: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()  # (category:topic, op) -> subscribe/unsubscribe seen
         self.faults = FaultBook(time.monotonic)
         self._requested_port = port
         self._server: StreamServer | None = None
@@ -281,15 +286,34 @@ class SimulatorServer:
     # --- requests -----------------------------------------------------------------------------
 
     def _on_text(self, conn: Connection, payload: bytes) -> None:
+        delay = self.faults.latency(conn.category)
+        if delay > 0 or conn.delayed:  # a latency fault: in order, each request ``delay`` after it came
+            conn.delayed.append((time.monotonic() + delay, payload))
+            if conn.delay_worker is None or conn.delay_worker.dead:
+                conn.delay_worker = gevent.spawn(self._drain_delayed, conn)
+            return
+        self._handle_request(conn, payload)
+
+    def _drain_delayed(self, conn: Connection) -> None:
+        while conn.delayed:
+            due, payload = conn.delayed[0]
+            gevent.sleep(max(0.0, due - time.monotonic()))
+            conn.delayed.popleft()
+            if conn.number in self._connections:
+                self._handle_request(conn, payload)
+
+    def _handle_request(self, conn: Connection, payload: bytes) -> None:
         category = conn.category
         try:
             request = protocol.parse_request(payload)
         except RequestError as exc:
             self.stats["bad_requests"] += 1
-            conn.send_message(protocol.request_error(category, conn.conn_id, exc))
+            conn.send_message(protocol.request_error(category, conn.conn_id, exc), reply=True)
             return
+        for name in request.args:
+            self.requests[(f"{category}:{name}", request.op)] += 1
         if request.op == "ping":
-            conn.send_message(protocol.pong(category, conn.conn_id, request.req_id))
+            conn.send_message(protocol.pong(category, conn.conn_id, request.req_id), reply=True)
         elif request.op == "subscribe":
             self.stats["subscribe_requests"] += 1
             self._subscribe(conn, request)
@@ -298,7 +322,7 @@ class SimulatorServer:
                 if conn.subscriptions.pop(name, None) is not None:
                     conn.unsynced.discard(name)
                     self._subscribers.get((category, name), {}).pop(conn.number, None)
-            conn.send_message(protocol.ack(category, "unsubscribe", conn.conn_id, request.req_id))
+            conn.send_message(protocol.ack(category, "unsubscribe", conn.conn_id, request.req_id), reply=True)
 
     def _subscribe(self, conn: Connection, request: protocol.Request) -> None:
         """Answer a subscribe as Bybit does: one reply for the whole request.
@@ -317,7 +341,7 @@ class SimulatorServer:
         """
         category, req_id = conn.category, request.req_id
         if category is Category.SPOT and len(request.args) > protocol.SPOT_MAX_ARGS:
-            conn.send_message(protocol.args_too_many(conn.conn_id, req_id))
+            conn.send_message(protocol.args_too_many(conn.conn_id, req_id), reply=True)
             return
         topics: list[Topic] = []
         bad: list[str] = []
@@ -333,13 +357,15 @@ class SimulatorServer:
             topics.append(topic)
         if bad:  # one bad topic fails the whole request (docs/bybit-v5.md §1, [obs])
             self.stats["subscribe_failed"] += 1
-            conn.send_message(protocol.invalid_topics(category, bad, conn.conn_id, req_id))
+            conn.send_message(protocol.invalid_topics(category, bad, conn.conn_id, req_id), reply=True)
             return
         if topics:
             forced = self.faults.take_reject(category, [t.symbol for t in topics])
             if forced is not None:
                 self.stats["subscribe_failed"] += 1
-                conn.send_message(protocol.invalid_topics(category, [request.args[forced]], conn.conn_id, req_id))
+                named = [request.args[i] for i in forced.indices]
+                conn.send_message(protocol.invalid_topics(category, named, conn.conn_id, req_id, form=forced.form),
+                                  reply=True)
                 return
         duplicate = next((t.name for t in topics if t.name in conn.subscriptions), None)
         fresh = list({t.name: t for t in topics if t.name not in conn.subscriptions}.values())
@@ -354,9 +380,9 @@ class SimulatorServer:
         if has_book and self.faults.take_snapshot_before_ack(category):
             self._send_snapshots(conn, [t for t in fresh if t.kind is TopicKind.ORDERBOOK], now_ms)
         if duplicate is not None and category is Category.LINEAR:
-            conn.send_message(protocol.already_subscribed(conn.conn_id, req_id, duplicate))
+            conn.send_message(protocol.already_subscribed(conn.conn_id, req_id, duplicate), reply=True)
         else:
-            conn.send_message(protocol.ack(category, "subscribe", conn.conn_id, req_id))
+            conn.send_message(protocol.ack(category, "subscribe", conn.conn_id, req_id), reply=True)
         self._send_snapshots(conn, fresh, now_ms)
 
     def _send_snapshots(self, conn: Connection, topics: list[Topic], now_ms: int) -> None:
@@ -454,7 +480,13 @@ class SimulatorServer:
             result["connections"] = [c.number for c in conns]
         elif isinstance(fault, Silent):
             for conn in conns:
-                conn.silence(fault.seconds)
+                conn.silence(fault.seconds, replies=fault.replies)
+            result["connections"] = [c.number for c in conns]
+        elif isinstance(fault, Frame):
+            frame = encode_frame(Opcode.TEXT, fault.text.encode("utf-8"))
+            for conn in conns:
+                for _ in range(fault.count):
+                    conn.send(frame)
             result["connections"] = [c.number for c in conns]
         elif isinstance(fault, Garbage):
             payloads = garbage_payloads(fault.kind, fault.count)
@@ -465,7 +497,7 @@ class SimulatorServer:
                         force=True,
                     )
             result["connections"] = [c.number for c in conns]
-        elif isinstance(fault, RejectSubscribe | SnapshotBeforeAck | Refuse):
+        elif isinstance(fault, RejectSubscribe | SnapshotBeforeAck | Refuse | Latency):
             self.faults.add(fault)
         elif isinstance(fault, SkipU | U1Snapshot):
             touched = []
@@ -511,6 +543,9 @@ class SimulatorServer:
         faults["u1_snapshot"] = [
             f"{k[0]}:{k[1]}" for k, f in self._feeds.items() if isinstance(f, OrderbookFeed) and f.pending_restart
         ]
+        requests: dict[str, dict[str, int]] = {}
+        for (topic, op), n in sorted(self.requests.items()):
+            requests.setdefault(topic, {})[op] = n
         return {
             "host": self.host,
             "port": self.port,
@@ -523,6 +558,7 @@ class SimulatorServer:
             "topics": sorted(f"{k[0]}:{k[1]}" for k, subs in self._subscribers.items() if subs),
             "faults": faults,
             "counts": dict(sorted(self.stats.items())),
+            "requests": requests,
         }
 
     def _control(self, sock: Any, head: RequestHead, rest: bytes) -> None:

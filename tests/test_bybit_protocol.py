@@ -47,6 +47,7 @@ from market.model import (
     TickerUpdate,
     Topic,
     Trade,
+    decimal_text,
 )
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
@@ -189,6 +190,25 @@ def test_ack_helpers():
     option_fail = parse('{"success":true,"conn_id":"x","data":{"failTopics":["tickers.X"],"successTopics":[]},'
                         '"type":"COMMAND_RESP"}')
     assert option_fail.fail_topics == ("tickers.X",) and not option_fail.ok
+
+
+@pytest.mark.parametrize(("ret_msg", "named"), [
+    ("Invalid symbol :[tickers.XUSDT]", ("tickers.XUSDT",)),
+    ("Invalid symbol :[tickers.A,orderbook.50.A]", ("tickers.A", "orderbook.50.A")),
+    ("Invalid symbol :[tickers.A orderbook.50.A publicTrade.A]", ("tickers.A", "orderbook.50.A", "publicTrade.A")),
+    ("Invalid symbol :tickers.A,orderbook.50.A", ("tickers.A", "orderbook.50.A")),
+    ("Invalid symbol :[tickers.A, orderbook.50.A]", ("tickers.A", "orderbook.50.A")),
+    ("error:handler not found,topic:orderbook.500.BTCUSDT", ("orderbook.500.BTCUSDT",)),
+    ("error:handler not found,topic:tickers.A,tickers.B", ("tickers.A", "tickers.B")),
+    ("error:handler not found,topic:[tickers.A tickers.B]", ("tickers.A", "tickers.B")),
+    ("Invalid symbol :[]", ()),
+    ("args size >10", ()),
+    ("error:subscribe rejected", ()),
+])
+def test_failure_lists_are_read_in_both_forms(ret_msg, named):
+    """A failure lists its topics as ``a,b`` or as Go's ``[a b]``; either way each one is named."""
+    ack = parse(json.dumps({"success": False, "ret_msg": ret_msg, "conn_id": "c", "req_id": "1", "op": "subscribe"}))
+    assert ack.fail_topics == named and not ack.ok
 
 
 def test_spot_pong_echoes_req_id():
@@ -453,6 +473,98 @@ def test_any_json_parses_or_raises_the_protocol_error(value):
                 normalize(event, category)
             except BybitProtocolError:
                 pass
+
+
+# Every numeric field of the recorded data frames, and what kind of number it is.
+_PRICE, _AMOUNT, _SIGNED = "price", "amount", "signed"
+_NUMERIC_FIELDS = [
+    ("spot_ticker_snapshot.json", ("data", "lastPrice"), _PRICE),
+    ("spot_ticker_snapshot.json", ("data", "highPrice24h"), _AMOUNT),
+    ("spot_ticker_snapshot.json", ("data", "volume24h"), _AMOUNT),
+    ("spot_ticker_snapshot.json", ("data", "turnover24h"), _AMOUNT),
+    ("spot_ticker_snapshot.json", ("data", "price24hPcnt"), _SIGNED),
+    ("linear_ticker_snapshot_docs.json", ("data", "markPrice"), _AMOUNT),
+    ("linear_ticker_snapshot_docs.json", ("data", "bid1Size"), _AMOUNT),
+    ("linear_ticker_snapshot_docs.json", ("data", "ask1Price"), _AMOUNT),
+    ("linear_ticker_snapshot_docs.json", ("data", "fundingRate"), _SIGNED),
+    ("orderbook_delta.json", ("data", "b", 0, 0), _PRICE),
+    ("orderbook_delta.json", ("data", "a", 0, 1), _AMOUNT),
+    ("orderbook_snapshot.json", ("data", "a", 0, 0), _PRICE),
+    ("public_trade.json", ("data", 0, "p"), _PRICE),
+    ("public_trade.json", ("data", 0, "v"), _AMOUNT),
+    ("kline.json", ("data", 0, "close"), _PRICE),
+    ("kline.json", ("data", 0, "turnover"), _AMOUNT),
+]
+_VALID = bybit._DECIMAL_RE
+_bad_values = st.one_of(
+    st.sampled_from(["NaN", "-nan", "Infinity", "1e5", "1E-3", " 1", "+1", "1_0", ".5", "5.", "01", "0x1", "1,5",
+                     "\u0661", "1" * 33]),
+    st.text(max_size=10).filter(lambda t: t != "" and not _VALID.fullmatch(t)),
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), st.just([]),
+)
+_OUT_OF_RANGE = {_PRICE: ["0", "0.00", "-1", "-0"], _AMOUNT: ["-1", "-0.5", "-0"], _SIGNED: []}
+
+
+def _set(frame: dict, path: tuple, value: object) -> dict:
+    target = frame
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return frame
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(_NUMERIC_FIELDS), data=st.data())
+def test_any_bad_number_in_any_field_is_a_bad_value_and_nothing_else(field, data):
+    """Through the stream's entry point (``parse`` then ``BYBIT.normalize``): a number that is not
+    plain decimal text, or is out of range for its field, is a :class:`BybitProtocolError` whose
+    reason is ``bad_value``; never another exception, never a value let through."""
+    name, path, kind = field
+    extra = _OUT_OF_RANGE[kind]
+    value = data.draw(_bad_values | st.sampled_from(extra) if extra else _bad_values, label="value")
+    frame = _set(json.loads(fixture(name)), path, value)
+    message = parse(json.dumps(frame))
+    with pytest.raises(BybitProtocolError) as info:
+        BYBIT.normalize(message, Category.LINEAR if "linear" in name else Category.SPOT)
+    assert info.value.reason == "bad_value", info.value
+
+
+@settings(max_examples=100, deadline=None)
+@given(field=st.sampled_from(_NUMERIC_FIELDS),
+       text=st.from_regex(r"\A(?:0|[1-9][0-9]{0,12})(?:\.[0-9]{1,12})?\Z"), negative=st.booleans())
+def test_plain_decimal_text_in_range_is_kept_exactly(field, text, negative):
+    name, path, kind = field
+    if kind == _SIGNED and negative:
+        text = "-" + text
+    if kind == _PRICE and not Decimal(text):
+        text = "1" + text
+    frame = _set(json.loads(fixture(name)), path, text)
+    if name.startswith("orderbook"):
+        frame["data"]["a" if path[1] == "b" else "b"] = []
+    update = BYBIT.normalize(parse(json.dumps(frame)), Category.SPOT)
+    assert json.dumps(text) in json.dumps(_client_json(update))
+
+
+def _client_json(update: object) -> object:
+    if isinstance(update, BookUpdate):
+        return [[decimal_text(level.price), decimal_text(level.size)] for level in (*update.bids, *update.asks)]
+    if isinstance(update, TickerUpdate):
+        return {k: decimal_text(v) if isinstance(v, Decimal) else v for k, v in update.changes}
+    return [item.to_json_dict() for item in update]  # trades, klines
+
+
+def test_a_json_number_is_refused_where_bybit_sends_text():
+    frame = json.loads(fixture("public_trade.json"))
+    frame["data"][0]["p"] = 16578.5
+    with pytest.raises(BybitProtocolError, match=r"^p is not a decimal: Decimal\('16578.5'\)$") as info:
+        normalize(parse(json.dumps(frame)), Category.SPOT)
+    assert info.value.reason == "bad_value"
+
+
+def test_data_naming_another_symbol_is_a_wrong_symbol():
+    with pytest.raises(BybitProtocolError) as info:
+        normalize(_ticker('{"symbol":"ETHUSDT","lastPrice":"1"}'), Category.SPOT)
+    assert info.value.reason == "wrong_symbol"
 
 
 # --- builders, topics, endpoints -------------------------------------------------

@@ -284,7 +284,7 @@ def test_garbage_is_dropped_and_counted(gw, sim):
     assert msgs and all(isinstance(m["data"]["lastPrice"], str) for m in msgs)
     assert _incarnation(gw) == before  # a few bad frames do not cost a reconnect
     metrics = urllib.request.urlopen(gw.http + "/metrics", timeout=5).read().decode()
-    assert re.search(r'ws_exchange_bad_messages_total\{exchange="bybit"\} [1-9]', metrics)
+    assert re.search(r'ws_exchange_bad_messages_total\{exchange="bybit",reason="unparseable"\} [1-9]', metrics)
     c.close()
 
 

@@ -336,6 +336,10 @@ def test_fault_commands_are_validated():
         ({"fault": "refuse", "mode": "rst"}, "mode must be"),
         ({"fault": "resume", "category": "option"}, "unknown category"),
         ({"fault": "reject_subscribe", "count": 1, "symbol": "X"}, "not both"),
+        ({"fault": "reject_subscribe", "form": "tabs"}, "form must be one of comma, space, none"),
+        ({"fault": "latency", "ms": -1}, "ms must be"),
+        ({"fault": "frame"}, "text must be a non-empty string"),
+        ({"fault": "silent", "replies": 1}, "replies must be true or false"),
         ([], "json object"),
     ]:
         with pytest.raises(faults.FaultError, match=message):
@@ -349,10 +353,11 @@ def test_fault_book_spends_counts_and_expires_refusals():
     book.add(faults.RejectSubscribe(symbol="ETHUSDT"))
     book.add(faults.Refuse(seconds=1.0, mode="503"))
     assert book.take_reject(Category.LINEAR, ["BTCUSDT"]) is None
-    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == 0
-    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == 0
+    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == faults.Rejection((0,))
+    assert book.take_reject(Category.SPOT, ["BTCUSDT"]) == faults.Rejection((0,))
     assert book.take_reject(Category.SPOT, ["BTCUSDT"]) is None
-    assert book.take_reject(Category.LINEAR, ["BTCUSDT", "ETHUSDT"]) == 1
+    assert book.take_reject(Category.LINEAR, ["BTCUSDT", "ETHUSDT"]) == faults.Rejection((1,))
+    assert book.take_reject(Category.LINEAR, ["ETHUSDT", "BTCUSDT", "ETHUSDT"]) == faults.Rejection((0, 2))
     assert book.refusal(Category.SPOT) == "503"
     now[0] = 1.5
     assert book.refusal(Category.SPOT) is None
@@ -809,6 +814,68 @@ def test_reject_subscribe_fault_counts_and_symbols(sim, connect):
         failed = subscribe(linear, "publicTrade.ETHUSDT")
         assert failed["ret_msg"] == "error:handler not found,topic:publicTrade.ETHUSDT"
     assert subscribe(linear, "publicTrade.SOLUSDT")["success"] is True
+
+
+@pytest.mark.parametrize(("form", "spot", "linear"), [
+    (None, "Invalid symbol :[tickers.ETHUSDT,orderbook.50.ETHUSDT]",
+     "error:handler not found,topic:tickers.ETHUSDT"),
+    ("comma", "Invalid symbol :tickers.ETHUSDT,orderbook.50.ETHUSDT",
+     "error:handler not found,topic:tickers.ETHUSDT,orderbook.50.ETHUSDT"),
+    ("space", "Invalid symbol :[tickers.ETHUSDT orderbook.50.ETHUSDT]",
+     "error:handler not found,topic:[tickers.ETHUSDT orderbook.50.ETHUSDT]"),
+    ("none", protocol.UNNAMED_FAILURE, protocol.UNNAMED_FAILURE),
+])
+def test_reject_subscribe_names_every_topic_of_the_symbol_in_each_form(sim, connect, form, spot, linear):
+    sim.fault(fault="reject_subscribe", symbol="ETHUSDT", **({"form": form} if form else {}))
+    for category, expected in (("spot", spot), ("linear", linear)):
+        ws = connect(category)
+        failed = subscribe(ws, "tickers.ETHUSDT", "tickers.BTCUSDT", "orderbook.50.ETHUSDT")
+        assert failed["success"] is False and failed["ret_msg"] == expected
+
+
+def test_latency_fault_delays_requests_in_order_while_data_flows(sim, connect):
+    ws = connect("spot")
+    subscribe(ws, "tickers.BTCUSDT")
+    seen = sim.state()["requests"]
+    sim.fault(fault="latency", ms=300, category="spot")
+    assert sim.state()["faults"]["latency"] == [{"category": "spot", "ms": 300.0}]
+    send(ws, op="unsubscribe", args=["tickers.BTCUSDT"], req_id="u")
+    send(ws, op="subscribe", args=["tickers.ETHUSDT"], req_id="s")
+    # Until the unsubscribe takes effect, BTCUSDT keeps streaming; the replies then come in order.
+    before = []
+    while not is_reply(message := recv(ws)):
+        before.append(message["topic"])
+    assert message["req_id"] == "u" and "tickers.BTCUSDT" in before
+    assert recv_until(ws, is_reply)["req_id"] == "s"
+    counts = sim.state()["requests"]
+
+    def new(topic: str, op: str) -> int:
+        return counts.get(topic, {}).get(op, 0) - seen.get(topic, {}).get(op, 0)
+
+    assert (new("spot:tickers.BTCUSDT", "subscribe"), new("spot:tickers.BTCUSDT", "unsubscribe")) == (0, 1)
+    assert new("spot:tickers.ETHUSDT", "subscribe") == 1
+    sim.fault(fault="latency", ms=0, category="spot")
+    assert sim.state()["faults"]["latency"] == []
+
+
+def test_frame_fault_sends_the_text_verbatim(sim, connect):
+    ws = connect("linear")
+    text = '{"topic":"tickers.BTCUSDT","type":"snapshot","ts":1,"data":{"symbol":"BTCUSDT","lastPrice":"NaN"}}'
+    result = sim.fault(fault="frame", text=text, count=2, category="linear")
+    assert len(result["connections"]) == 1
+    assert [ws.recv(), ws.recv()] == [text, text]
+
+
+def test_silent_fault_with_replies_stops_data_but_answers_pings(sim, connect):
+    ws = connect("spot")
+    subscribe(ws, "tickers.BTCUSDT")
+    sim.fault(fault="silent", replies=True, category="spot")
+    send(ws, op="ping", req_id="p")
+    assert recv_until(ws, is_reply)["ret_msg"] == "pong"  # data in flight drains first, then the pong
+    send(ws, op="ping", req_id="q")
+    assert recv(ws)["req_id"] == "q"  # nothing but the pong: data stopped
+    sim.fault(fault="resume")
+    assert recv(ws)["topic"] == "tickers.BTCUSDT"
 
 
 def test_skip_u_fault_leaves_a_gap(sim, connect):
