@@ -6,14 +6,17 @@ subscriber count), :class:`GraceExpired`, :class:`Tick`, :class:`GetStats`
 :class:`MarketData`, :class:`SubscribeRejected`, :class:`BookReset`,
 :class:`StreamState`.
 Sends: ``WantTopics``/``DropTopics`` to exchange streams (through their
-supervisor handles, which survive restarts), ``Publish`` and ``Evict`` to
-channel actors (through the hub).
+supervisor handles, which survive restarts), ``Publish``, ``PublishLatest``
+and ``Evict`` to channel actors (through the hub).
 
 * The first subscriber of a symbol's stream subscribes upstream; the last
   one leaving unsubscribes after ``grace`` seconds. One upstream
   subscription serves every client. Popular pairs stay subscribed.
 * The latest ticker and book of each symbol are retained: a new subscriber
-  gets them at once, before live updates.
+  gets them at once, before live updates. They are also *conflated* on
+  their way to the channel (:class:`actors.messages.LatestSlot`): a channel
+  that falls behind a burst fans out the newest value, never a backlog.
+  Trades and candles are events, never conflated.
 * ``time-sync`` and ``system-health`` are published every ``status_interval``
   seconds, and ``system-health`` also on every stream state change.
 * A rejected subscription evicts its clients with ``upstream_rejected``,
@@ -38,7 +41,8 @@ from typing import Any
 import gevent
 
 from actors.exchange_stream import BookReset, DropTopics, MarketData, StreamState, SubscribeRejected, WantTopics
-from actors.messages import Evict, Publish
+from actors.messages import Evict, LatestSlot, Publish, PublishLatest
+from metrics.definitions import child
 from protocol.channels import ChannelKey, market_key
 from protocol.errors import ErrorCode
 from protocol.messages import dumps
@@ -49,6 +53,9 @@ __all__ = ["GetStats", "InterestChanged", "MarketDataBridgeActor", "key_to_topic
 log = logging.getLogger("gateway.bridge")
 
 RETAINED_STREAMS = ("ticker", "orderbook")
+# A latest-value message not taken by its channel within this many seconds is
+# told again (the channel may have been replaced with it in the dead inbox).
+RETELL_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,8 @@ class MarketDataBridgeActor(SupervisedActor):
         }
         self.upstream: set[ChannelKey] = set()  # keys subscribed upstream (wanted)
         self.latest: dict[ChannelKey, Publish] = {}
+        self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
+        self._conflated = {name: child(hub.metrics.conflated, name) for name in ("ticker", "orderbook")}
         self.states: dict[tuple[str, str], StreamState] = {}
         self.retry_base = retry_base
         self.retry_cap = retry_cap
@@ -212,6 +221,7 @@ class MarketDataBridgeActor(SupervisedActor):
         exchange, category, topic, _ = parsed
         self.upstream.discard(key)
         self.latest.pop(key, None)
+        self.slots.pop(key, None)
         stream = self._stream(exchange, category)
         if stream is not None:
             stream.tell(DropTopics((topic,)))
@@ -255,7 +265,7 @@ class MarketDataBridgeActor(SupervisedActor):
             retained = self.latest.get(key)
             if retained is not None and message.count == 1:
                 # The channel may be new (no retained frame yet): replay the latest value.
-                self.hub.publish(key, retained)
+                self._publish_latest(key, retained)
         elif key not in self.pinned:
             gevent.spawn_later(self.grace, self._tell_grace, key)
 
@@ -275,8 +285,30 @@ class MarketDataBridgeActor(SupervisedActor):
         publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, retain,
                           message.received_ms / 1000)
         if retain:
-            self.latest[key] = publish
-        self.hub.publish(key, publish)
+            self._publish_latest(key, publish)
+        else:
+            self.hub.publish(key, publish)  # trades and candles: every one of them, in order
+
+    def _publish_latest(self, key: ChannelKey, publish: Publish) -> None:
+        """Latest-value data goes through the key's conflation slot (:class:`LatestSlot`).
+
+        If the channel has not yet fanned out the previous value, the new one
+        replaces it there and no second message is queued: under a burst each
+        channel's inbox holds at most one latest-value message per key.
+        """
+        self.latest[key] = publish
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = LatestSlot()
+        now = time.monotonic()
+        if slot.pending is not None and now - slot.told < RETELL_AFTER:
+            slot.pending = publish
+            self._conflated["ticker" if key.endswith(".ticker") else "orderbook"].inc()
+            return
+        # Empty, or told so long ago that the channel may have been replaced: tell (again).
+        slot.pending, slot.told = publish, now
+        if not self.hub.publish(key, PublishLatest(slot)):
+            slot.pending = None
 
     def _on_rejected(self, message: SubscribeRejected) -> None:
         for topic in message.topics:
@@ -288,6 +320,7 @@ class MarketDataBridgeActor(SupervisedActor):
             self.upstream.discard(key)
             self.pinned.discard(key)
             self.latest.pop(key, None)
+            self.slots.pop(key, None)
             error = dumps({"type": "error", "code": ErrorCode.UPSTREAM_REJECTED.value,
                            "message": f"{message.exchange} rejected {symbol} ({stream}): {message.reason}",
                            "channel": "market-data", "symbol": symbol, "stream": stream})
@@ -328,8 +361,7 @@ class MarketDataBridgeActor(SupervisedActor):
         data = {"symbol": symbol, "category": message.category, "bids": [], "asks": [], "reset": True,
                 "resync": True, "reason": message.reason}
         publish = Publish(data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, True)
-        self.latest[key] = publish
-        self.hub.publish(key, publish)
+        self._publish_latest(key, publish)
 
     # -- status channels ------------------------------------------------------------
 

@@ -32,7 +32,17 @@ from typing import Any
 
 import gevent
 
-from actors.messages import CatchUp, Deliver, Evict, IdleCheck, Join, Leave, Publish, SubscriptionRevoked
+from actors.messages import (
+    CatchUp,
+    Deliver,
+    Evict,
+    IdleCheck,
+    Join,
+    Leave,
+    Publish,
+    PublishLatest,
+    SubscriptionRevoked,
+)
 from actors.runtime import GeventActor
 from brokers.broker import Broker, BrokerUnavailable, Position, Publication
 from protocol.channels import ChannelKey
@@ -63,6 +73,7 @@ class ChannelActor(GeventActor):
         sent_counter: Any = None,
         bytes_counter: Any = None,
         idle_grace: float = 30.0,
+        depth_histogram: Any = None,
     ) -> None:
         super().__init__()
         self.key = key
@@ -82,12 +93,19 @@ class ChannelActor(GeventActor):
         self._stamp_turn = 0
         self._idle_grace = idle_grace
         self._idle_generation = 0
+        self._depth = depth_histogram  # market data: inbox depth sampled at each latest-value message
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):
             self._deliver(message.publication)
         elif isinstance(message, Publish):
             return self._publish(message)
+        elif isinstance(message, PublishLatest):
+            if self._depth is not None:
+                self._depth.observe(self.actor_inbox.qsize())
+            latest, message.slot.pending = message.slot.pending, None
+            if latest is not None:
+                self._publish(latest)
         elif isinstance(message, Join):
             self._join(message)
         elif isinstance(message, Leave):

@@ -107,6 +107,12 @@ __all__ = [
 
 log = logging.getLogger("gateway.exchange")
 
+# The reader stops taking frames from the socket while this many wait in the
+# actor's inbox, and starts again below INBOX_LOW: a burst the actor cannot
+# keep up with is held by TCP, not by an unbounded queue.
+INBOX_HIGH = 1000
+INBOX_LOW = 250
+
 
 class UpstreamUnavailable(ExpectedFailure, ConnectionError):
     """The exchange could not be reached or refused the WebSocket handshake."""
@@ -296,6 +302,7 @@ class ExchangeStreamActor(SupervisedActor):
         self._stats = _Stats()
         self._healthy_sent = False
         self._messages = metrics.exchange_messages.labels(self.exchange, category) if metrics else None
+        self._depth = metrics.internal_queue_depth.labels("exchange_stream") if metrics else None
         self._bad = ({reason: metrics.upstream_bad_messages.labels(self.exchange, reason.value)
                       for reason in DropReason} if metrics else {})
 
@@ -356,8 +363,14 @@ class ExchangeStreamActor(SupervisedActor):
     def _read_loop(self, conn: int) -> None:
         ws = self.ws
         ref = self.actor_ref
+        inbox = self.actor_inbox
         try:
             while True:
+                if inbox.qsize() >= INBOX_HIGH:
+                    # The actor is behind (a burst): stop reading until it catches up,
+                    # so the backlog waits in TCP's window, not in memory without bound.
+                    while inbox.qsize() > INBOX_LOW:
+                        gevent.sleep(0.005)
                 text = ws.recv()
                 if text is None or text == "":
                     reason = "connection closed by the exchange"
@@ -412,6 +425,8 @@ class ExchangeStreamActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, UpstreamFrame):
+            if self._depth is not None:
+                self._depth.observe(self.actor_inbox.qsize())
             if message.conn == self.conn:
                 self._on_frame(message.text, message.received)
         elif isinstance(message, PingDue):

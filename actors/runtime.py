@@ -130,6 +130,9 @@ class _DemandInbox:
     def empty(self) -> bool:
         return not self._items
 
+    def qsize(self) -> int:
+        return len(self._items)
+
 
 class GeventActor(pykka.Actor):
     """Base class of every actor in the gateway.

@@ -120,6 +120,8 @@ class Hub:
                 on_failed=self._channel_failed, broker=self.broker if brokered else None,
                 sent_counter=child(self.metrics.messages_sent, name, "data"),
                 bytes_counter=child(self.metrics.bytes_queued, name), idle_grace=self.channel_idle_grace,
+                depth_histogram=child(self.metrics.internal_queue_depth, "market_channel")
+                if name == "market-data" else None,
             )
             self.channels[key] = ref
         return ref

@@ -97,6 +97,8 @@ class Metrics:
     exchange_messages: Counter
     exchange_connected: Gauge
     exchange_lag_seconds: Gauge
+    conflated: Counter
+    internal_queue_depth: Histogram
     # --- the broker ---------------------------------------------------------
     redis_connected: Gauge
 
@@ -191,6 +193,17 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
         exchange_lag_seconds=Gauge("ws_exchange_lag_seconds",
                                    "Median of receive time minus exchange timestamp over recent frames",
                                    ["exchange", "category"], registry=r),
+    )
+    # Bursts (docs/operations.md): latest-value data skipped because a newer
+    # value came before the channel fanned it out, and how deep the queues on
+    # the market-data path are (sampled at every message they take).
+    m.update(
+        conflated=Counter("ws_market_data_conflated", "Latest-value updates (tickers, book views) replaced by a "
+                          "newer one before they were fanned out, by stream", ["stream"], registry=r),
+        internal_queue_depth=Histogram(
+            "ws_internal_queue_depth", "Messages waiting in an actor's inbox on the market-data path, sampled as "
+            "each is taken, by stage (exchange_stream, market_channel)", ["stage"], registry=r,
+            buckets=(0, 1, 4, 16, 64, 256, 1024, 4096, 16384)),
     )
     # --- the broker ---------------------------------------------------------
     # Registered only with REDIS_URL (app.py): without Redis the series is

@@ -156,12 +156,21 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Every subscribed topic updates ``factor`` times as often for ``seconds`` (the whole server)."""
+
+    category: Category | None = None  # not scoped: the tick drives every market
+    factor: float = 10.0
+    seconds: float | None = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Resume:
     category: Category | None = None
 
 
 Fault = (Close | Silent | Garbage | RejectSubscribe | SkipU | U1Snapshot | SnapshotBeforeAck | Refuse | Latency
-         | Frame | Resume)
+         | Frame | Burst | Resume)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +191,7 @@ _KINDS: dict[str, type[Any]] = {
     "refuse": Refuse,
     "latency": Latency,
     "frame": Frame,
+    "burst": Burst,
     "resume": Resume,
 }
 _NAMES = {cls: name for name, cls in _KINDS.items()}
@@ -236,6 +246,10 @@ def parse_fault(obj: Any) -> Fault:
             raise FaultError(f"close code {code} cannot be sent")
     if fields.get("ms") is not None:
         _number("ms", fields["ms"], integer=False, minimum=0)
+    if "factor" in fields:
+        _number("factor", fields["factor"], integer=False, minimum=1)
+        if fields["factor"] > 100:
+            raise FaultError("factor must be at most 100")
     for key in ("reason", "symbol", "text", "form"):
         if fields.get(key) is not None and not isinstance(fields[key], str):
             raise FaultError(f"{key} must be a string")
@@ -291,8 +305,23 @@ class FaultBook:
         self._before_ack: list[_Rule] = []
         self._refusals: list[_Rule] = []
         self._latency: dict[Category | None, float] = {}
+        self._burst: tuple[float, float | None] | None = None  # (factor, until)
 
-    def add(self, fault: RejectSubscribe | SnapshotBeforeAck | Refuse | Latency) -> None:
+    def rate_factor(self) -> float:
+        """How many times the normal update rate the markets run at now (``burst``)."""
+        if self._burst is None:
+            return 1.0
+        factor, until = self._burst
+        if until is not None and self._clock() >= until:
+            self._burst = None
+            return 1.0
+        return factor
+
+    def add(self, fault: RejectSubscribe | SnapshotBeforeAck | Refuse | Latency | Burst) -> None:
+        if isinstance(fault, Burst):
+            until = None if fault.seconds is None else self._clock() + fault.seconds
+            self._burst = (fault.factor, until) if fault.factor > 1 else None
+            return
         if isinstance(fault, RejectSubscribe):
             self._rejects.append(_Rule(fault.category, fault.count, fault.symbol, mode=fault.form or ""))
         elif isinstance(fault, SnapshotBeforeAck):
@@ -313,6 +342,7 @@ class FaultBook:
         for scope in list(self._latency):
             if category is None or scope in (None, category):
                 del self._latency[scope]
+        self._burst = None
 
     def take_reject(self, category: Category, symbols: list[str]) -> Rejection | None:
         """The args to name in a forced failure, or ``None`` if this subscribe passes.
@@ -384,6 +414,9 @@ class FaultBook:
                 for r in self._refusals
                 if r.until is None or r.until > now
             ],
+            "burst": [] if self.rate_factor() == 1.0 or self._burst is None else [
+                {"factor": self._burst[0],
+                 "seconds_left": None if self._burst[1] is None else round(max(0.0, self._burst[1] - now), 3)}],
         }
 
 

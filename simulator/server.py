@@ -50,6 +50,7 @@ from gevent.server import StreamServer
 from simulator import protocol
 from simulator.connection import Connection
 from simulator.faults import (
+    Burst,
     Close,
     FaultBook,
     FaultError,
@@ -408,9 +409,9 @@ class SimulatorServer:
     # --- publishing ---------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
-        period = 1.0 / self.rate_hz
         deadline = time.monotonic()
         while True:
+            period = 1.0 / (self.rate_hz * self.faults.rate_factor())  # a ``burst`` fault speeds it up
             deadline += period
             try:
                 self._tick()
@@ -497,7 +498,7 @@ class SimulatorServer:
                         force=True,
                     )
             result["connections"] = [c.number for c in conns]
-        elif isinstance(fault, RejectSubscribe | SnapshotBeforeAck | Refuse | Latency):
+        elif isinstance(fault, RejectSubscribe | SnapshotBeforeAck | Refuse | Latency | Burst):
             self.faults.add(fault)
         elif isinstance(fault, SkipU | U1Snapshot):
             touched = []
