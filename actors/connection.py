@@ -248,8 +248,9 @@ class ConnectionActor(GeventActor):
                 "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
         try:
             self.hub.publish_shared(key, data, _now_ms())
-        except BrokerUnavailable:
-            self._error(ErrorCode.NO_SERVICE, "bot services cannot be reached now; try again later",
-                        request_id=msg.request_id)
+        except BrokerUnavailable as exc:
+            self._error(ErrorCode.NO_SERVICE, "bot services cannot be reached now; the command may have been "
+                        "sent: check before sending it again" if exc.maybe_stored else
+                        "bot services cannot be reached now; try again later", request_id=msg.request_id)
             return
         self._send(bot_command_ack_message(command_id, services, msg.request_id), "bot_command_ack")

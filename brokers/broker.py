@@ -23,7 +23,17 @@ __all__ = ["Broker", "BrokerUnavailable", "Position", "Publication"]
 
 
 class BrokerUnavailable(Exception):
-    """The broker cannot take or serve publications now (Redis down)."""
+    """The broker cannot take or serve publications now (Redis down).
+
+    ``maybe_stored``: the request reached the broker and no answer came
+    back in time, so it may have been stored (and is then delivered). The
+    caller must say so rather than "nothing was published": a retry could
+    publish twice.
+    """
+
+    def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 @dataclass(frozen=True, slots=True)

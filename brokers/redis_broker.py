@@ -188,6 +188,9 @@ class RedisBroker:
                 keys=[_meta(key), _stream(key)],
                 args=[_pubsub(key), text, ts, secrets.token_hex(4), self.history_size, self.history_ttl],
             )
+        except redis.TimeoutError as exc:
+            # Sent, unanswered: Redis may run the script when it resumes (a frozen server).
+            raise BrokerUnavailable(f"redis: {exc}", maybe_stored=True) from exc
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"redis: {exc}") from exc
         return Publication(key, int(offset), epoch.decode(), data, ts)

@@ -157,8 +157,12 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
         key = private_key(channel, user)
         try:
             pub = gateway.hub.publish_shared(key, data, int(time.time() * 1000))
-        except BrokerUnavailable:
-            # Refused, never accepted and then lost.
+        except BrokerUnavailable as exc:
+            # Refused, never accepted and then lost; and never "nothing was published" when that is not known.
+            if exc.maybe_stored:
+                return _error(503, "broker_timeout", "the message broker did not answer in time: the publication "
+                              "may have been stored, and is then delivered; check the channel before publishing "
+                              "it again")
             return _error(503, "broker_unavailable", "the message broker is unavailable; nothing was published")
         gateway.metrics.publications.labels(channel.value).inc()
         return _json({"published": True, "channel": channel.value, "offset": pub.offset, "epoch": pub.epoch}, 202)

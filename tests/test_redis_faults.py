@@ -165,6 +165,28 @@ def test_a_half_open_redis_is_detected_within_two_probe_intervals_and_nothing_is
     assert max(detected.values()) < 4 * PROBE_INTERVAL, detected
 
 
+def test_a_publish_redis_never_answers_is_not_called_unpublished():
+    """Sent to a frozen Redis, a publication may run when it resumes: the answer says so, and it arrives."""
+    cluster = Cluster("redis")
+    assert cluster.redis is not None and cluster.redis.proc is not None
+    proc = cluster.redis.proc
+    try:
+        c, _ = subscribe(cluster.b, "jill")
+        first = publish_accepted(cluster, cluster.a, "jill", {"n": 1})["offset"]
+        assert next_data(c)["seq"] == first
+        proc.send_signal(signal.SIGSTOP)
+        status, body = cluster.publish(cluster.a, "jill", {"n": 2})  # taken by the frozen server
+        assert (status, body["error"]) == (503, "broker_timeout"), body
+        assert "may have been stored" in body["message"]
+        proc.send_signal(signal.SIGCONT)
+        message = next_data(c, timeout=15)
+        assert message["type"] == "data" and message["data"] == {"n": 2} and message["seq"] == first + 1
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        cluster.stop()
+
+
 def test_the_reconnect_wait_stays_short_for_outages_of_any_length():
     # The end-to-end test above covers 5 s outages; this is the same bound for
     # the hours an outage may last (the wait after which a node is back once
