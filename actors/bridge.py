@@ -160,7 +160,7 @@ class MarketDataBridgeActor(SupervisedActor):
         self.upstream: set[ChannelKey] = set()  # keys subscribed upstream (wanted)
         self.latest: dict[ChannelKey, Publish] = {}
         self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
-        self._conflated = {name: child(hub.metrics.conflated, name) for name in ("ticker", "orderbook")}
+        self._conflated = child(hub.metrics.conflated, "channel")
         self.states: dict[tuple[str, str], StreamState] = {}
         self.retry_base = retry_base
         self.retry_cap = retry_cap
@@ -303,7 +303,7 @@ class MarketDataBridgeActor(SupervisedActor):
         now = time.monotonic()
         if slot.pending is not None and now - slot.told < RETELL_AFTER:
             slot.pending = publish
-            self._conflated["ticker" if key.endswith(".ticker") else "orderbook"].inc()
+            self._conflated.inc()
             return
         # Empty, or told so long ago that the channel may have been replaced: tell (again).
         slot.pending, slot.told = publish, now

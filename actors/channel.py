@@ -267,12 +267,21 @@ class ChannelActor(GeventActor):
             self.retained = frame
         delivered = 0
         subscribers = self.subscribers
+        # Latest-value data (retained: tickers, book views): a subscriber that is
+        # behind keeps only the newest per key (Outbox.push_latest); events use push.
+        retain, key = message.retain, self.key
         if message.received is not None and subscribers:
             # Fan-out latency is sampled: one subscriber per publication, in turn.
             self._stamp_turn = (self._stamp_turn + 1) % len(subscribers)
             stamped = self._stamp_turn
+            received = message.received
             for i, outbox in enumerate(subscribers.values()):
-                if outbox.push(frame, message.received if i == stamped else None):
+                stamp = received if i == stamped else None
+                if outbox.push_latest(frame, key, stamp) if retain else outbox.push(frame, stamp):
+                    delivered += 1
+        elif retain:
+            for outbox in subscribers.values():
+                if outbox.push_latest(frame, key):
                     delivered += 1
         else:
             for outbox in subscribers.values():

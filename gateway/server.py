@@ -256,6 +256,8 @@ class Gateway:
             self._bytes_of_closed += conn.outbox.bytes_written
             if conn.outbox.dropped:
                 child(metrics.messages_dropped, "slow_consumer").inc(conn.outbox.dropped)
+            if conn.outbox.conflated:
+                child(metrics.conflated, "connection").inc(conn.outbox.conflated)
 
         conn.start_reading(on_message, on_end)
 

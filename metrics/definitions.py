@@ -199,7 +199,8 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
     # the market-data path are (sampled at every message they take).
     m.update(
         conflated=Counter("ws_market_data_conflated", "Latest-value updates (tickers, book views) replaced by a "
-                          "newer one before they were fanned out, by stream", ["stream"], registry=r),
+                          "newer one before they went on, by stage (channel: before the fan-out; connection: in "
+                          "a client's queue while it was behind, counted when it closes)", ["stage"], registry=r),
         internal_queue_depth=Histogram(
             "ws_internal_queue_depth", "Messages waiting in an actor's inbox on the market-data path, sampled as "
             "each is taken, by stage (exchange_stream, market_channel)", ["stage"], registry=r,

@@ -27,7 +27,10 @@ from tests.test_market_data import Simulator
 
 PAIRS = ("BTCUSDT", "ETHUSDT", "ADAUSDT", "SOLUSDT")
 STREAMS = ["ticker", "orderbook", "trades"]
-CLIENTS = 40
+# The clients share one Python thread: at 10x they receive ~1,200 messages a
+# second each, about what that thread can read for ten of them. More would
+# make the test's own clients the slow consumers.
+CLIENTS = 10
 BURST_SECONDS = float(os.environ.get("BURST_SECONDS", "12"))  # the 30 s: BURST_SECONDS=30
 
 
@@ -54,20 +57,27 @@ class Fleet:
         subscribed = 0
         try:
             while not self.stop:
-                message = json.loads(await asyncio.wait_for(c.recv(), 5))
+                raw = await asyncio.wait_for(c.recv(), 5)
+                if b'"stream":"trades"' not in raw and b'"type":"data"' in raw:
+                    # Latest-value data: counted, not parsed (parsing all of it is what the client cannot afford).
+                    self.counts["ticker" if b'"stream":"ticker"' in raw else "orderbook"] += 1
+                    continue
+                message = json.loads(raw)
                 if message["type"] == "subscribed":
                     subscribed += 1
                     if subscribed == len(PAIRS):
                         self._subscribed += 1
                         if self._subscribed == CLIENTS:
                             self.ready.set()
-                elif message["type"] == "data":
+                elif message["type"] == "data":  # a trade
                     self.seqs[(i, message["symbol"], message["stream"])].append(message["seq"])
-                    self.counts[message["stream"]] += 1
+                    self.counts["trades"] += 1
         except WSClosed as closed:
             self.closes.append((i, closed.code))
         except TimeoutError:
             self.closes.append((i, None))  # five seconds without data: starved, as bad as a close
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.closes.append((i, type(exc).__name__))  # reset or cut without a close frame
         finally:
             c.abort()
 
@@ -118,7 +128,8 @@ def test_a_tenfold_burst_keeps_queues_bounded_and_clients_served():
             fleet.finish()
         gw.stop()
         sim.stop()
-    assert fleet.closes == [], fleet.closes  # no client closed, none starved
+    closes_sent = {k: v for k, v in samples.items() if k.startswith(("ws_close_codes_total", "ws_messages_dropped"))}
+    assert fleet.closes == [], (fleet.closes, closes_sent)  # no client closed, none starved
     assert len(fleet.counts) == len(STREAMS)
     assert all(fleet.counts[k] > after_burst.get(k, 0) for k in fleet.counts), (fleet.counts, after_burst)
     # Trades are events: every one, exactly once, in order (per client and symbol).

@@ -81,3 +81,29 @@ def test_resync_after_the_history_expired_gives_the_position_before_the_next_mes
     # A client continuing from the position given keeps the next message: it is that position + 1.
     assert after["seq"] == resync["offset"] + 1 == 1
     channel.stop()
+
+
+def test_a_client_behind_gets_the_newest_latest_value_and_every_event():
+    """While a client's socket is full, a newer ticker replaces the one waiting; trades all stay."""
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    outbox = Outbox(server, max_bytes=1 << 20, write_timeout=5)
+    filler = b"\x81\x7e\x10\x00" + b"x" * 4096  # a 4 KiB text frame: more than the socket buffers hold
+    for _ in range(64):
+        assert outbox.push(filler)
+    gevent.sleep(0.05)  # the flush found the socket full: the writer now waits for the client
+    for i in range(5):
+        assert outbox.push_latest(f'{{"ticker":{i}}}'.encode(), "ticker#BTC")
+        assert outbox.push(f'{{"trade":{i}}}'.encode())
+    assert outbox.conflated == 4  # four older tickers replaced while waiting
+    received = b""
+    client.setblocking(False)
+    deadline = time.monotonic() + 5
+    while b'{"ticker":4}' not in received and time.monotonic() < deadline:
+        try:
+            received += client.recv(65536)
+        except BlockingIOError:
+            gevent.sleep(0.005)
+    tail = received.replace(filler, b"")
+    assert tail == b'{"trade":0}{"trade":1}{"trade":2}{"trade":3}{"trade":4}{"ticker":4}'

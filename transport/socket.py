@@ -93,6 +93,7 @@ class Outbox:
         "_closing",
         "_frames",
         "_head_bytes",
+        "_latest",
         "_pushed",
         "_queued_bytes",
         "_raw",
@@ -103,6 +104,7 @@ class Outbox:
         "_written",
         "bytes_written",
         "closed",
+        "conflated",
         "dropped",
         "max_bytes",
         "on_latency",
@@ -144,6 +146,10 @@ class Outbox:
         self.closed = Event()
         self.overflowed = False
         self.dropped = 0  # frames refused or discarded (slow consumer)
+        # Latest-value frames held back while the client is behind, newest per key
+        # (``push_latest``); made the first time a client falls behind.
+        self._latest: dict[Any, bytes] | None = None
+        self.conflated = 0  # latest-value frames replaced by a newer one before they were written
 
     @property
     def queued_bytes(self) -> int:
@@ -171,6 +177,43 @@ class Outbox:
         self._schedule()
         return True
 
+    def push_latest(self, frame: bytes, key: Any, stamp: float | None = None) -> bool:
+        """Queue a latest-value frame (a ticker, a book view) for ``key``.
+
+        While the client keeps up this is :meth:`push`. While it is behind
+        (the writer is waiting for its socket), the frame is held aside and
+        a newer frame for the same key replaces it: a client that reads
+        slower than a burst gets each key's newest value when it catches up,
+        not a backlog of stale ones, and is not cut off for it. Trades go
+        through :meth:`push` and are never replaced.
+        """
+        if self._writer is None or self._closing:
+            return self.push(frame, stamp)
+        latest = self._latest
+        if latest is None:
+            latest = self._latest = {}
+        old = latest.get(key)
+        grow = len(frame) - (len(old) if old is not None else 0)
+        if self._queued_bytes + grow > self.max_bytes:
+            self.dropped += 1
+            self._overflow()
+            return False
+        latest[key] = frame
+        self._queued_bytes += grow
+        if old is not None:
+            self.conflated += 1
+        return True
+
+    def _take_latest(self) -> bool:
+        """Queue the held-back latest values behind what was queued; True if there were any."""
+        latest = self._latest
+        if not latest:
+            return False
+        self._frames.extend(latest.values())
+        self._pushed += len(latest)
+        latest.clear()
+        return True
+
     def push_handshake(self, response: bytes) -> None:
         """Queue the HTTP 101 response first, so it leaves with the first frames in one write."""
         self._head_bytes += len(response)
@@ -190,8 +233,10 @@ class Outbox:
             return
         self._closing = True
         if discard_pending:
-            self.dropped += len(self._frames)
+            self.dropped += len(self._frames) + len(self._latest or ())
             self._frames.clear()
+            if self._latest:
+                self._latest.clear()
             self._queued_bytes = 0
             self._written = self._pushed
             self._stamps = None
@@ -202,6 +247,8 @@ class Outbox:
         """Stop writing at once (the peer is gone)."""
         self._closing = True
         self._frames.clear()
+        if self._latest:
+            self._latest.clear()
         self._close_frame = None
         if self._writer is not None:
             self._writer.kill(block=False)
@@ -293,7 +340,7 @@ class Outbox:
         """The blocking writer: only while the client is not keeping up."""
         pending_count = partial_count
         try:
-            while self._frames:
+            while self._frames or self._take_latest():
                 if pending_count:
                     data, count = self._frames.popleft(), pending_count
                     pending_count = 0
@@ -320,8 +367,10 @@ class Outbox:
             self._schedule()
 
     def _failed(self, timed_out: bool) -> None:
-        self.dropped += len(self._frames)
+        self.dropped += len(self._frames) + len(self._latest or ())
         self._frames.clear()
+        if self._latest:
+            self._latest.clear()
         self._queued_bytes = 0
         if timed_out and not self._closing:
             # A slow consumer: the owner closes it with 4001 (the close frame
