@@ -44,8 +44,8 @@ from actors.messages import (
     SubscriptionRevoked,
 )
 from actors.runtime import GeventActor
-from brokers.broker import Broker, BrokerUnavailable, Position, Publication
-from protocol.channels import ChannelKey
+from brokers.broker import Broker, BrokerUnavailable, Publication
+from protocol.channels import ChannelKey, Position
 from protocol.messages import data_message, resync_message
 from transport.frames import Opcode, encode_frame
 from transport.socket import Outbox

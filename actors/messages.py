@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from brokers.broker import Position, Publication
-from protocol.channels import ChannelKey
+from brokers.broker import Publication
+from protocol.channels import ChannelKey, Position
 from protocol.errors import ProtocolError
 from protocol.messages import ClientMessage
 from transport.socket import Outbox

@@ -5,6 +5,6 @@
 gateway processes serve clients together.
 """
 
-from brokers.broker import Broker, BrokerUnavailable, Position, Publication
+from brokers.broker import Broker, BrokerUnavailable, Publication
 
-__all__ = ["Broker", "BrokerUnavailable", "Position", "Publication"]
+__all__ = ["Broker", "BrokerUnavailable", "Publication"]

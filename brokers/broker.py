@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Broker", "BrokerUnavailable", "Position", "Publication"]
+from protocol.channels import Position
+
+__all__ = ["Broker", "BrokerUnavailable", "Publication"]
 
 
 class BrokerUnavailable(Exception):
@@ -34,14 +36,6 @@ class BrokerUnavailable(Exception):
     def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
         super().__init__(message)
         self.maybe_stored = maybe_stored
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A place in a channel's history: the last offset seen, in an epoch."""
-
-    offset: int
-    epoch: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from brokers.broker import Position, Publication
+from brokers.broker import Publication
+from protocol.channels import Position
 
 __all__ = ["MemoryBroker"]
 

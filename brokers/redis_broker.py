@@ -47,7 +47,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from brokers.broker import BrokerUnavailable, Position, Publication
+from brokers.broker import BrokerUnavailable, Publication
+from protocol.channels import Position
 
 __all__ = ["RedisBroker"]
 

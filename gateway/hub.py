@@ -23,11 +23,11 @@ import pykka
 
 from actors.channel import ChannelActor
 from actors.messages import CatchUp, Deliver, Join, Leave, Publish
-from brokers.broker import Broker, Position, Publication
+from brokers.broker import Broker, Publication
 from brokers.memory import MemoryBroker
 from gateway.auth import Principal
 from metrics.definitions import Metrics, child
-from protocol.channels import BROKERED_CHANNELS, ChannelKey
+from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
 from transport.socket import Outbox
 
 __all__ = ["ConnectionLimitExceeded", "Hub", "Session"]

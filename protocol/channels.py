@@ -21,11 +21,24 @@ __all__ = [
     "Channel",
     "ChannelKey",
     "MarketParams",
+    "Position",
     "keys_for",
     "parse_market_params",
 ]
 
 ChannelKey = NewType("ChannelKey", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a brokered channel's history: the last offset seen, in an epoch.
+
+    What a client sends as ``since`` and gets in ``subscribed`` and ``resync``;
+    the brokers (brokers/) keep the history it points into.
+    """
+
+    offset: int
+    epoch: str
 
 
 class Channel(StrEnum):

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from brokers.broker import Position
 from protocol.channels import (
     PRIVATE_CHANNELS,
     Channel,
     MarketParams,
+    Position,
     parse_market_params,
 )
 from protocol.errors import ErrorCode, ProtocolError
