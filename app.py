@@ -31,7 +31,6 @@ from typing import Any
 import gevent
 
 from brokers.memory import MemoryBroker
-from gateway.auth import Authenticator
 from gateway.config import DEMO_SECRET_FILE, VARIABLES, ConfigError, Settings, unknown_variables
 from gateway.http import create_app
 from gateway.hub import Hub
@@ -40,6 +39,7 @@ from gateway.marketdata import MarketData
 from gateway.server import Gateway
 from gateway.workers import WorkerPool, worker_index
 from metrics.definitions import build as build_metrics
+from protocol.auth import Authenticator
 from protocol.close_codes import CloseCode
 from supervision import Supervisor, exit_process
 from transport.handler import GatewayServer

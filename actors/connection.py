@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
 from actors.runtime import GeventActor
 from brokers.broker import BrokerUnavailable
-from gateway.auth import AuthError
 from metrics.definitions import child
+from protocol.auth import AuthError
 from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ErrorCode

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from gateway.auth import Authenticator, demo_secret
 from gateway.logs import redact
+from protocol.auth import Authenticator, demo_secret
 
 __all__ = ["DEMO_SECRET_FILE", "VARIABLES", "ConfigError", "Settings", "Variable", "unknown_variables"]
 

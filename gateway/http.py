@@ -16,8 +16,8 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from brokers.broker import BrokerUnavailable
-from gateway.auth import AuthError, Principal
 from gateway.dashboard import blueprint as dashboard_blueprint
+from protocol.auth import AuthError, Principal
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
 from protocol.errors import ProtocolError
 from protocol.messages import decode_json

@@ -25,8 +25,8 @@ from actors.channel import ChannelActor
 from actors.messages import CatchUp, Deliver, Join, Leave, Publish
 from brokers.broker import Broker, Publication
 from brokers.memory import MemoryBroker
-from gateway.auth import Principal
 from metrics.definitions import Metrics, child
+from protocol.auth import Principal
 from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
 from transport.socket import Outbox
 

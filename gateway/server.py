@@ -28,10 +28,10 @@ from gevent.pywsgi import WSGIServer
 
 from actors.connection import ConnectionActor
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
-from gateway.auth import AuthError, Principal
 from gateway.config import Settings
 from gateway.hub import ConnectionLimitExceeded, Hub, Session
 from metrics.definitions import Metrics, child
+from protocol.auth import AuthError, Principal
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ProtocolError
 from protocol.messages import connection_message, parse

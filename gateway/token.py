@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.auth import mint_token
 from gateway.config import DEMO_SECRET_FILE
+from protocol.auth import mint_token
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import Authenticator, AuthError, mint_token
 from gateway.config import ConfigError, Settings
+from protocol.auth import Authenticator, AuthError, mint_token
 
 SECRET = "s" * 40
 
