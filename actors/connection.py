@@ -1,15 +1,20 @@
-"""ConnectionActor: one per client connection; owns its subscriptions.
+"""ConnectionActor: one per client connection; owns its subscriptions and answers its messages.
 
 Takes: :class:`Inbound` (a parsed client message), :class:`Rejected` (a
 message that failed to parse), :class:`CloseConnection`,
 :class:`Disconnected`, :class:`SubscriptionRevoked`.
-Sends: ``Join``/``Leave`` to channel actors through the hub, ``Publish`` to
-the ``bot-commands`` channel; replies to the client go into its outbox.
+Does: joins and leaves channels through the :class:`actors.directory.Directory`
+(the hub); publishes bot commands on the brokered ``bot-commands``
+channel; writes its replies (``subscribed``, ``pong``, ``error`` ...) into
+the connection's outbox, the only writer of the socket. Data from channels
+never passes through it: channel actors push frames into the outbox
+themselves.
 
-The socket reader (``gateway/server.py``) turns frames into these messages;
-the outbox's writer greenlet is the only code that writes the socket. The
-actor is never restarted: when it fails, the connection is closed with 1011
-and the client reconnects (``supervision.py`` counts the failure).
+It knows the gateway only through its :class:`actors.directory.ConnectionContext`
+(limits, a token verifier, metrics, the directory). The socket's reader
+(``gateway/server.py``, in event-loop callbacks) parses frames and tells
+it the result. It is never restarted: when it fails, the connection is
+closed with 1011 and the client reconnects; the failure is counted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from actors.directory import ConnectionContext, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
 from actors.runtime import GeventActor
 from brokers.broker import BrokerUnavailable
@@ -44,8 +50,6 @@ from protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub, Session
-    from gateway.server import Gateway
     from transport.socket import WebSocketConnection
 
 __all__ = ["ConnectionActor"]
@@ -68,29 +72,30 @@ class ConnectionActor(GeventActor):
     registered = False  # the hub's dicts track connections, not pykka's linear registry
     on_demand = True  # no idle greenlet per connection/channel (actors/runtime.py)
 
-    def __init__(self, gateway: Gateway, session: Session, conn: WebSocketConnection) -> None:
+    def __init__(self, context: ConnectionContext, session: Session, conn: WebSocketConnection) -> None:
         super().__init__()
-        self.gateway = gateway
-        self.hub: Hub = gateway.hub
+        self.context = context
+        self.directory = context.directory
+        self.metrics = context.metrics
+        self.limits = context.limits
         self.session = session
         self.conn = conn
         self.principal = session.principal
         self.subscriptions: dict[tuple[Channel, Any], list[ChannelKey]] = {}
         self._errors: deque[float] | None = None  # made on the first error: most connections never err
         self._closed = False
-        s = gateway.settings
-        self._budget = TokenBucket(s.command_rate, s.command_burst, time.monotonic())
-        self._error_budget = s.error_budget
+        limits = context.limits
+        self._budget = TokenBucket(limits.command_rate, limits.command_burst, time.monotonic())
 
     # -- helpers -----------------------------------------------------------------
 
     def _send(self, text: str, kind: str) -> None:
-        child(self.gateway.metrics.messages_sent, "-", kind).inc()
+        child(self.metrics.messages_sent, "-", kind).inc()
         self.conn.send_text(text)
 
     def _error(self, code: ErrorCode, message: str, *, request_id: str | None = None,
                channel: str | None = None) -> None:
-        child(self.gateway.metrics.errors_sent, code.value).inc()
+        child(self.metrics.errors_sent, code.value).inc()
         self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
         now = time.monotonic()
         errors = self._errors if self._errors is not None else deque()
@@ -98,14 +103,14 @@ class ConnectionActor(GeventActor):
         errors.append(now)
         while errors and errors[0] < now - ERROR_WINDOW:
             errors.popleft()
-        if len(errors) > self._error_budget:
+        if len(errors) > self.limits.error_budget:
             self._close(CloseCode.RATE_LIMITED)
 
     def _close(self, code: CloseCode, reason: str | None = None, *, discard_pending: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
-        child(self.gateway.metrics.closes_sent, str(int(code))).inc()
+        child(self.metrics.closes_sent, str(int(code))).inc()
         self.conn.close(int(code), reason or CLOSE_CODES[code].reason, discard_pending=discard_pending)
 
     # -- messages ----------------------------------------------------------------
@@ -126,24 +131,24 @@ class ConnectionActor(GeventActor):
             super().on_receive(message)
 
     def on_stop(self) -> None:
-        self.hub.close_session(self.session)
+        self.directory.close_session(self.session)
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         log.error("connection actor failed", exc_info=(exc_type, exc, tb),
                   extra={"fields": {"session": self.session.session_id}})
         # Never restarted (the client reconnects), but counted like every child death.
-        child(self.gateway.metrics.supervisor_failures, "connection", "receive").inc()
+        child(self.metrics.supervisor_failures, "connection", "receive").inc()
         self._close(CloseCode.INTERNAL_ERROR)
-        self.hub.close_session(self.session)
+        self.directory.close_session(self.session)
 
     def _handle(self, msg: Any) -> None:
-        child(self.gateway.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
+        child(self.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
         if not self._budget.take(time.monotonic()):
             # Refused, not queued: the client is told, and a client that keeps
             # flooding runs out of its error budget too (4003).
-            s = self.gateway.settings
-            self._error(ErrorCode.RATE_LIMITED, f"more than {s.command_rate} messages a second "
-                        f"(burst {s.command_burst}): this one was not handled", request_id=msg.request_id)
+            limits = self.limits
+            self._error(ErrorCode.RATE_LIMITED, f"more than {limits.command_rate:g} messages a second "
+                        f"(burst {limits.command_burst}): this one was not handled", request_id=msg.request_id)
             return
         if isinstance(msg, Subscribe):
             self._subscribe(msg)
@@ -168,7 +173,7 @@ class ConnectionActor(GeventActor):
             self._send(subscribed_message(channel, params, msg.request_id, already=True), "subscribed")
             return
         keys = keys_for(channel, params, self.principal.user_id)
-        limit = self.gateway.settings.max_channels_per_connection
+        limit = self.limits.max_channels
         if len(self.session.channels) + len(keys) > limit:
             self._error(ErrorCode.TOO_MANY_CHANNELS, f"at most {limit} channels per connection",
                         request_id=msg.request_id, channel=channel.value)
@@ -177,27 +182,27 @@ class ConnectionActor(GeventActor):
         if channel in BROKERED_CHANNELS:
             # One key; the channel confirms, with the position and whether the
             # missed publications since ``msg.since`` could be recovered.
-            request_id, counter = msg.request_id, child(self.gateway.metrics.messages_sent, "-", "subscribed")
+            request_id, counter = msg.request_id, child(self.metrics.messages_sent, "-", "subscribed")
 
             def confirm(recovered: bool | None, position: Any) -> str:
                 counter.inc()
                 return subscribed_message(channel, None, request_id, recovered=recovered, position=position)
 
-            self.hub.join(self.session, keys[0], since=msg.since, confirm=confirm)
+            self.directory.join(self.session, keys[0], since=msg.since, confirm=confirm)
             return
         # The confirmation goes first, so it precedes the retained value and live data.
         # Non-brokered channels keep no history: a ``since`` gets recovered=false and the current state.
         self._send(subscribed_message(channel, params, msg.request_id,
                                       recovered=False if msg.since is not None else None), "subscribed")
         for key in keys:
-            self.hub.join(self.session, key)
+            self.directory.join(self.session, key)
 
     def _unsubscribe(self, msg: Unsubscribe) -> None:
         # Idempotent like subscribe: unsubscribing from a channel the
         # connection is not on is confirmed too (``wasSubscribed: false``).
         keys = self.subscriptions.pop((msg.channel, msg.params), None)
         for key in keys or ():
-            self.hub.leave(self.session, key)
+            self.directory.leave(self.session, key)
         self._send(unsubscribed_message(msg.channel, msg.params, msg.request_id, was_subscribed=keys is not None),
                    "unsubscribed")
 
@@ -211,9 +216,9 @@ class ConnectionActor(GeventActor):
 
     def _refresh(self, msg: Refresh) -> None:
         try:
-            principal = self.gateway.settings.authenticator.verify(msg.token)
+            principal = self.context.verify(msg.token)
         except AuthError as exc:
-            child(self.gateway.metrics.auth_failures, f"refresh_{exc.reason}").inc()
+            child(self.metrics.auth_failures, f"refresh_{exc.reason}").inc()
             self._error(ErrorCode.INVALID_TOKEN, exc.message, request_id=msg.request_id)
             return
         if principal.user_id != self.principal.user_id:
@@ -224,11 +229,6 @@ class ConnectionActor(GeventActor):
         self.session.principal = principal
         self._send(refreshed_message(int(principal.expires_at * 1000), msg.request_id), "refreshed")
 
-    def check_expiry(self, now: float) -> None:
-        """Close with 4000 once the token is past its expiry (plus leeway)."""
-        if now > self.principal.expires_at + self.gateway.settings.authenticator.leeway:
-            self._close(CloseCode.TOKEN_EXPIRED)
-
     def _bot_command(self, msg: BotCommand) -> None:
         bots = self.principal.bots
         if bots is not None and msg.bot_id not in bots:
@@ -236,9 +236,7 @@ class ConnectionActor(GeventActor):
                         request_id=msg.request_id)
             return
         key = ChannelKey(Channel.BOT_COMMANDS.value)
-        services = self.hub.broker.receivers(key)
-        if services is None:  # the memory broker: the services are the local subscribers
-            services = self.hub.subscribers(key)
+        services = self.directory.service_receivers(key)
         if not services:
             self._error(ErrorCode.NO_SERVICE, "no bot service is connected; try again later",
                         request_id=msg.request_id)
@@ -247,7 +245,7 @@ class ConnectionActor(GeventActor):
         data = {"commandId": command_id, "userId": self.principal.user_id, "botId": msg.bot_id,
                 "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
         try:
-            self.hub.publish_shared(key, data, _now_ms())
+            self.directory.publish_shared(key, data, _now_ms())
         except BrokerUnavailable as exc:
             self._error(ErrorCode.NO_SERVICE, "bot services cannot be reached now; the command may have been "
                         "sent: check before sending it again" if exc.maybe_stored else

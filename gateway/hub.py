@@ -16,12 +16,12 @@ import itertools
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 
 from actors.channel import ChannelActor
+from actors.directory import Session
 from actors.messages import CatchUp, Deliver, Join, Leave, Publish
 from brokers.broker import Broker, Publication
 from brokers.memory import MemoryBroker
@@ -30,23 +30,11 @@ from protocol.auth import Principal
 from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
 from transport.socket import Outbox
 
-__all__ = ["ConnectionLimitExceeded", "Hub", "Session"]
+__all__ = ["ConnectionLimitExceeded", "Hub"]
 
 
 class ConnectionLimitExceeded(Exception):
     pass
-
-
-@dataclass(slots=True)
-class Session:
-    session_id: str
-    principal: Principal
-    outbox: Outbox
-    conn: Any = None
-    actor: Any = None
-    ping_bucket: int = 0  # spreads heartbeat pings over the interval (gateway/server.py)
-    opened_at: float = 0.0
-    channels: set[ChannelKey] = field(default_factory=set)
 
 
 def _public_name(key: ChannelKey) -> str:
@@ -162,6 +150,11 @@ class Hub:
         except pykka.ActorDeadError:
             return False
         return True
+
+    def service_receivers(self, key: ChannelKey) -> int:
+        """Services that would receive a publication on ``key``: on every node (Redis), or here."""
+        receivers = self.broker.receivers(key)
+        return self.subscribers(key) if receivers is None else receivers
 
     def publish_shared(self, key: ChannelKey, data: Any, ts: int) -> Publication:
         """Publish on a brokered channel (every node); raises BrokerUnavailable instead of losing it."""

@@ -27,9 +27,10 @@ import pykka
 from gevent.pywsgi import WSGIServer
 
 from actors.connection import ConnectionActor
+from actors.directory import ConnectionContext, ConnectionLimits, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
 from gateway.config import Settings
-from gateway.hub import ConnectionLimitExceeded, Hub, Session
+from gateway.hub import ConnectionLimitExceeded, Hub
 from metrics.definitions import Metrics, child
 from protocol.auth import AuthError, Principal
 from protocol.close_codes import CLOSE_CODES, CloseCode
@@ -89,6 +90,15 @@ class Gateway:
         # not yet ended, in all and per client address. Counted at admission,
         # before anything yields, so a burst of upgrades cannot overshoot.
         self.capacity = settings.max_connections or open_file_capacity()
+        # What each connection actor is handed: nothing else of the gateway.
+        self.connection_context = ConnectionContext(
+            directory=hub,
+            limits=ConnectionLimits(max_channels=settings.max_channels_per_connection,
+                                    command_rate=settings.command_rate, command_burst=settings.command_burst,
+                                    error_budget=settings.error_budget),
+            verify=settings.authenticator.verify,
+            metrics=metrics,
+        )
         self.admitted = 0
         self.by_address: dict[str, int] = {}
 
@@ -205,7 +215,7 @@ class Gateway:
             self.release(admission)
             raise
         session.conn = conn
-        actor = ConnectionActor.start(self, session, conn)
+        actor = ConnectionActor.start(self.connection_context, session, conn)
         session.actor = actor
         conn.outbox.on_overflow = lambda: self._slow_consumer(actor)
         child(self.metrics.connections, "open").inc()
