@@ -173,18 +173,15 @@ def build(settings: Settings, worker: int | None = None) -> System:
     )
 
     def serve_on(listener: Any) -> GatewayServer:
-        server = GatewayServer(listener, app, log=None, error_log=logging.getLogger("gateway.wsgi"))
-        server.gateway = gateway
-        server.handshake_timeout = settings.connection_timeout
-        server.quiet_paths = frozenset({"/livez", "/readyz"})
-        return server
+        return GatewayServer(listener, app, upgrades=gateway, handshake_timeout=settings.connection_timeout,
+                             quiet_paths=frozenset({"/livez", "/readyz"}), log=None,
+                             error_log=logging.getLogger("gateway.wsgi"))
 
     if worker is None:
         server, own = serve_on(_listen(settings.host, settings.port, "PORT")), None
     else:
         server = serve_on(_listen(settings.host, settings.port, "PORT", reuse_port=True))
         own = serve_on(_listen(settings.host, settings.worker_ports_from + worker, "WORKER_PORTS_FROM"))
-    gateway.server = server
     return System(settings, gateway, server, supervisor, market, own)
 
 

@@ -24,7 +24,6 @@ from urllib.parse import parse_qs
 
 import gevent
 import pykka
-from gevent.pywsgi import WSGIServer
 
 from actors.connection import ConnectionActor
 from actors.directory import ConnectionContext, ConnectionLimits, Session
@@ -85,7 +84,6 @@ class Gateway:
         self._bytes_of_closed = 0
         metrics.bytes_sent.source = lambda: self._bytes_of_closed + sum(
             x.outbox.bytes_written for x in self.hub.sessions.values())
-        self.server: WSGIServer | None = None
         # Admission budgets (docs/protocol.md, limits): connections admitted and
         # not yet ended, in all and per client address. Counted at admission,
         # before anything yields, so a burst of upgrades cannot overshoot.

@@ -16,9 +16,9 @@ gateway path is answered without pywsgi's request machinery (the pure
 handshake logic is in ``transport/handshake.py``); anything else is replayed
 into pywsgi, which serves it (and any keep-alive requests after it) as usual.
 
-The server (:class:`GatewayServer`) carries ``gateway`` (see
-``gateway/server.py``): it decides admission before the 101 (``admit``)
-and serves the connection after it (``serve``). After the 101 the socket
+The server (:class:`GatewayServer`) is handed the :class:`Upgrades` it
+needs (``gateway/server.py``'s ``Gateway`` implements it): admission
+before the 101 (``admit``), the connection after it (``serve``). After the 101 the socket
 leaves pywsgi: the handler's greenlet ends and the connection is read in
 event-loop callbacks (``transport/socket.py``), so an idle connection holds
 no greenlet.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -44,6 +44,7 @@ from transport.handshake import (
     rejection_response,
     upgrade_response,
 )
+from transport.socket import WebSocketConnection
 
 __all__ = ["GatewayHandler", "GatewayServer", "HandshakeTimeout", "Rejection"]
 
@@ -96,11 +97,11 @@ class GatewayHandler(WebSocketHandler):
 
     def handle(self) -> None:
         """Read the first request head; serve a WebSocket upgrade here, give anything else to pywsgi."""
-        timer = gevent.Timeout.start_new(getattr(self.server, "handshake_timeout", 10.0), HandshakeTimeout)
+        timer = gevent.Timeout.start_new(self.server.handshake_timeout, HandshakeTimeout)
         try:
             data = self._read_head()
         except HandshakeTimeout:
-            self.server.gateway.handshake_rejected("408")
+            self.server.upgrades.handshake_rejected("408")
             self._send_raw(_REQUEST_TIMEOUT)
             return
         except OSError:
@@ -111,7 +112,7 @@ class GatewayHandler(WebSocketHandler):
             return
         end = data.find(b"\r\n\r\n")
         head = parse_request_head(data[:end]) if end > 0 else None
-        if head is not None and head.path in self.server.gateway.ws_paths and head.is_websocket_upgrade:
+        if head is not None and head.path in self.server.upgrades.ws_paths and head.is_websocket_upgrade:
             self._fast = True
             self.requestline = f"{head.method} {head.path} {head.version}"  # never the query (?token=)
             self.request_version = head.version
@@ -140,7 +141,7 @@ class GatewayHandler(WebSocketHandler):
     # -- pywsgi's path (plain HTTP, and an upgrade on a kept-alive connection) ----
 
     def handle_one_request(self) -> Any:
-        timeout = getattr(self.server, "handshake_timeout", 10.0)
+        timeout = self.server.handshake_timeout
         self._timer = gevent.Timeout.start_new(timeout, HandshakeTimeout)
         try:
             return super().handle_one_request()
@@ -155,13 +156,13 @@ class GatewayHandler(WebSocketHandler):
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, HandshakeTimeout):
             self.close_connection = True
-            self.server.gateway.handshake_rejected("408")
+            self.server.upgrades.handshake_rejected("408")
             return ("408", _REQUEST_TIMEOUT)
         return super()._handle_client_error(ex)
 
     def run_application(self) -> None:
         env = self.environ
-        if (env.get("PATH_INFO") not in self.server.gateway.ws_paths
+        if (env.get("PATH_INFO") not in self.server.upgrades.ws_paths
                 or "websocket" not in env.get("HTTP_UPGRADE", "").lower()):
             WSGIHandler.run_application(self)
             return
@@ -172,7 +173,7 @@ class GatewayHandler(WebSocketHandler):
     def _upgrade(self, env: dict[str, Any], pending: bytes | None) -> None:
         """Admission, then the 101 and the connection handed to the gateway (``pending``: bytes
         read past the head; None when pywsgi read the request and may hold some)."""
-        gateway = self.server.gateway
+        gateway = self.server.upgrades
         try:
             accept = check_upgrade(env, self.request_version)
             admission = gateway.admit(env)
@@ -226,7 +227,7 @@ class GatewayHandler(WebSocketHandler):
         return pending
 
     def _reject(self, rejection: Rejection) -> None:
-        self.server.gateway.handshake_rejected(rejection.status.split()[0])
+        self.server.upgrades.handshake_rejected(rejection.status.split()[0])
         if self._fast:
             self.status = rejection.status
             self.response_length = len(rejection_body(rejection))
@@ -260,15 +261,42 @@ class GatewayHandler(WebSocketHandler):
         access_log.info(self.format_request())
 
 
+class Upgrades(Protocol):
+    """What the handler needs from whoever serves WebSocket connections (the gateway)."""
+
+    ws_paths: frozenset[str]
+
+    def admit(self, environ: dict[str, Any]) -> Any:
+        """Before the 101: an admission, or raise :class:`transport.handshake.Rejection`."""
+
+    def release(self, admission: Any) -> None:
+        """An admitted upgrade that was never served: give its place back."""
+
+    def make_connection(self, sock: socket.socket, pending: bytes, environ: dict[str, Any],
+                        handshake: bytes = b"") -> WebSocketConnection: ...
+
+    def serve(self, conn: WebSocketConnection, admission: Any, environ: dict[str, Any]) -> None:
+        """After the 101: the connection is the gateway's from now on."""
+
+    def handshake_rejected(self, status: str) -> None:
+        """Count an upgrade refused with an HTTP ``status``."""
+
+
 class GatewayServer(WSGIServer):
-    """pywsgi's server, except that it leaves alone the sockets of upgraded connections."""
+    """pywsgi's server, except that it leaves alone the sockets of upgraded connections.
+
+    ``upgrades`` serves ``/ws``; ``handshake_timeout`` bounds a request head;
+    successful requests to ``quiet_paths`` (health probes) leave no access line.
+    """
 
     handler_class = GatewayHandler
-    # Paths whose successful requests leave no access line (health probes).
-    quiet_paths: frozenset[str] = frozenset()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, listener: Any, application: Any, *, upgrades: Upgrades, handshake_timeout: float = 10.0,
+                 quiet_paths: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(listener, application, **kwargs)
+        self.upgrades = upgrades
+        self.handshake_timeout = handshake_timeout
+        self.quiet_paths = quiet_paths
         self._detached: set[int] = set()
 
     def detach(self, sock: Any) -> None:
