@@ -35,7 +35,7 @@ from gateway.config import DEMO_SECRET_FILE, VARIABLES, ConfigError, Settings, u
 from gateway.http import create_app
 from gateway.hub import Hub
 from gateway.logs import configure_logging
-from gateway.marketdata import MarketData
+from gateway.marketdata import MarketFeeds
 from gateway.server import Gateway
 from gateway.workers import WorkerPool, worker_index
 from metrics.definitions import build as build_metrics
@@ -52,7 +52,7 @@ class System:
     gateway: Gateway
     server: GatewayServer
     supervisor: Supervisor
-    market: MarketData
+    market: MarketFeeds
     own_server: GatewayServer | None = None  # a worker's port of its own (WORKERS > 1)
     stopping: bool = False
 
@@ -156,7 +156,7 @@ def build(settings: Settings, worker: int | None = None) -> System:
     hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user, broker=broker)
     gateway = Gateway(settings, metrics, hub)
     supervisor = Supervisor("root", metrics=metrics, on_escalate=lambda reason: exit_process(reason))
-    market = MarketData(settings, hub, supervisor, metrics)
+    market = MarketFeeds(settings, hub, supervisor, metrics)
 
     def supervision_health() -> tuple[str, bool, Any]:
         return "supervisor", supervisor.healthy(), supervisor.status(dynamic=False)

@@ -124,6 +124,29 @@ def key_to_topic(key: str) -> tuple[str, str, str, str] | None:
     return exchange, category, stream_to_topic(stream, symbol), stream
 
 
+class UpstreamInterest:
+    """The upstream subscriptions the bridge wants, readable by whoever restarts a stream.
+
+    The bridge owns and writes it; the wiring (``gateway/marketdata.py``) hands
+    the same object to each new exchange-stream incarnation's factory, which
+    resubscribes what is wanted. A new bridge incarnation clears it and
+    rebuilds it from the hub's subscriber counts.
+    """
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: set[ChannelKey] = set()
+
+    def topics(self, exchange: str, category: str) -> tuple[str, ...]:
+        out = []
+        for key in self.keys:
+            parsed = key_to_topic(key)
+            if parsed and parsed[0] == exchange and parsed[1] == category:
+                out.append(parsed[2])
+        return tuple(sorted(out))
+
+
 def _stats_name(key: str) -> str:
     """The platform's name for a subscription.
 
@@ -147,6 +170,7 @@ class MarketDataBridgeActor(SupervisedActor):
         supervisor_status: Any = None,
         retry_base: float = 1.0,
         retry_cap: float = 30.0,
+        interest: UpstreamInterest | None = None,
     ) -> None:
         super().__init__(context)
         self.hub = hub
@@ -157,7 +181,9 @@ class MarketDataBridgeActor(SupervisedActor):
         self.pinned: set[ChannelKey] = {
             market_key("bybit", "spot", symbol, stream) for symbol in popular for stream in popular_streams
         }
-        self.upstream: set[ChannelKey] = set()  # keys subscribed upstream (wanted)
+        self.interest = interest if interest is not None else UpstreamInterest()
+        self.interest.keys.clear()  # rebuilt in on_start, from what the hub's clients want now
+        self.upstream: set[ChannelKey] = self.interest.keys  # keys subscribed upstream (wanted)
         self.latest: dict[ChannelKey, Publish] = {}
         self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
         self._conflated = child(hub.metrics.conflated, "channel")
@@ -191,14 +217,6 @@ class MarketDataBridgeActor(SupervisedActor):
                 return
 
     # -- wanted set ------------------------------------------------------------------
-
-    def wanted_topics(self, exchange: str, category: str) -> tuple[str, ...]:
-        out = []
-        for key in self.upstream:
-            parsed = key_to_topic(key)
-            if parsed and parsed[0] == exchange and parsed[1] == category:
-                out.append(parsed[2])
-        return tuple(sorted(out))
 
     def _stream(self, exchange: str, category: str) -> Any:
         return self.streams.get((exchange, category))

@@ -12,21 +12,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.bridge import GetStats, InterestChanged, MarketDataBridgeActor
+from actors.bridge import GetStats, InterestChanged, MarketDataBridgeActor, UpstreamInterest
 from actors.exchange_stream import ExchangeStreamActor, StreamSettings
 from gateway.config import Settings
 from gateway.hub import Hub
 from market.bybit import BYBIT
 from supervision import ChildSpec, Restart, RestartPolicy, Supervisor
 
-__all__ = ["MarketData"]
+__all__ = ["MarketFeeds"]
 
 log = logging.getLogger("gateway.market")
 
 BRIDGE_ID = "bridge:market-data"
 
 
-class MarketData:
+class MarketFeeds:
     def __init__(self, settings: Settings, hub: Hub, supervisor: Supervisor, metrics: Any) -> None:
         self.settings = settings
         self.hub = hub
@@ -35,6 +35,7 @@ class MarketData:
         self.simulator: Any = None
         self.streams: dict[tuple[str, str], Any] = {}
         self.bridge: Any = None
+        self.interest = UpstreamInterest()  # written by the bridge, read by each new stream incarnation
 
     def url(self, category: str) -> str:
         if self.simulator is not None:
@@ -73,20 +74,16 @@ class MarketData:
     def _stream_factory(self, category: str, stream_settings: StreamSettings) -> Any:
         def factory(context: Any) -> Any:
             # The new incarnation resubscribes to every topic still wanted.
-            wanted = self._bridge_actor().wanted_topics("bybit", category) if self._bridge_actor() else ()
+            wanted = self.interest.topics("bybit", category)
             return ExchangeStreamActor.start(context, BYBIT, category, stream_settings, self.bridge, wanted,
                                              self.metrics)
         return factory
-
-    def _bridge_actor(self) -> MarketDataBridgeActor | None:
-        slot = self.supervisor._slots.get(BRIDGE_ID)
-        return None if slot is None else slot.actor
 
     def _bridge_factory(self, context: Any) -> Any:
         s = self.settings
         return MarketDataBridgeActor.start(
             context, self.hub, self.streams, popular=s.popular_pairs, grace=s.unsubscribe_grace,
-            status_interval=s.status_interval, supervisor_status=self.supervisor.status,
+            status_interval=s.status_interval, supervisor_status=self.supervisor.status, interest=self.interest,
         )
 
     def _interest(self, key: Any, count: int) -> None:
