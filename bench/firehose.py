@@ -35,8 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lgclient import BenchConnection, Stats, open_connection
-from simulator.frames import FrameParser, Opcode, encode_frame, handshake_response, parse_request_head
 from simulator.protocol import Category, RequestError, ack, parse_request, pong
+from transport.frames import FrameError, FrameReader, Opcode, encode_close, encode_frame
+from transport.handshake import Rejection, check_upgrade, parse_request_head, upgrade_response
 
 SPOT = Category.SPOT
 
@@ -60,7 +61,7 @@ class Upstream(asyncio.Protocol):
         self.hose = hose
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
-        self.parser: FrameParser | None = None
+        self.parser: FrameReader | None = None
         self.conn_id = str(uuid.uuid4())
         self.topics: set[str] = set()
         self.can_write = asyncio.Event()
@@ -86,27 +87,38 @@ class Upstream(asyncio.Protocol):
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 return
-            head = parse_request_head(bytes(self.head[:end + 4]))
+            head = parse_request_head(bytes(self.head[:end]))
             rest = bytes(self.head[end + 4:])
-            self.transport.write(handshake_response(head))
-            self.parser = FrameParser()
+            try:
+                if head is None:
+                    raise Rejection("400 Bad Request", "bad_handshake", "unreadable request head")
+                self.transport.write(upgrade_response(check_upgrade(head.environ(), head.version), None))
+            except Rejection:
+                self.transport.close()
+                return
+            self.parser = FrameReader(1 << 16)
             self.hose.upstreams.add(self)
             data = rest
             if not data:
                 return
-        for frame in self.parser.feed(data):
-            if frame.opcode == Opcode.TEXT:
-                self._request(frame.payload)
-            elif frame.opcode == Opcode.PING:
-                self.transport.write(encode_frame(Opcode.PONG, frame.payload))
-            elif frame.opcode == Opcode.CLOSE:
-                self.transport.write(encode_frame(Opcode.CLOSE, frame.payload[:2]))
-                self.transport.close()
+        try:
+            for opcode, value in self.parser.feed(data):
+                if opcode == Opcode.TEXT:
+                    self._request(value)
+                elif opcode == Opcode.PING:
+                    self.transport.write(encode_frame(Opcode.PONG, value))
+                elif opcode == Opcode.CLOSE:
+                    self.transport.write(encode_close(value[0]))
+                    self.transport.close()
+                    return
+        except FrameError as exc:
+            self.transport.write(encode_close(exc.code, exc.reason))
+            self.transport.close()
 
     def _send(self, obj: dict[str, Any]) -> None:
         self.transport.write(encode_frame(Opcode.TEXT, json.dumps(obj, separators=(",", ":")).encode()))
 
-    def _request(self, payload: bytes) -> None:
+    def _request(self, payload: str) -> None:
         try:
             req = parse_request(payload)
         except RequestError:

@@ -19,8 +19,13 @@ Modules, one per role: :mod:`~simulator.protocol` (Bybit's exact message
 shapes), :mod:`~simulator.instruments` (the instrument table and which
 symbols exist), :mod:`~simulator.market` (seeded prices and books),
 :mod:`~simulator.feeds` (topics to messages), :mod:`~simulator.faults`
-(fault commands), :mod:`~simulator.frames` (RFC 6455 framing),
-:mod:`~simulator.connection` and :mod:`~simulator.server` (gevent I/O).
+(fault commands), :mod:`~simulator.connection` and
+:mod:`~simulator.server` (gevent I/O).
+
+Dependencies point one way: the WebSocket layer is the gateway's own
+:mod:`transport` (framing and the opening handshake, one implementation
+for both ends), and nothing here imports :mod:`market`, whose Bybit
+parser this server is the test oracle for (see :mod:`simulator.protocol`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,14 @@ it writes everything queued in one ``sendall``. Everyone else calls
 :meth:`Connection.send`, which never blocks: a client that stops reading
 fills its own queue and is dropped, and nobody else waits for it.
 
+Frames are read and written with the gateway's own RFC 6455 layer,
+:mod:`transport.frames`: a :class:`~transport.frames.FrameReader` per
+connection (masking, sizes, UTF-8, fragmentation and close codes enforced;
+a client that breaks RFC 6455 is closed with the code it names), and
+``encode_frame``/``encode_close`` for everything sent. Unlike
+gevent-websocket 0.10.1 it sends real close codes, which the ``close``
+fault needs (docs/stack-notes.md).
+
 Uses gevent's own socket objects and primitives, so it runs the same with
 or without ``gevent.monkey.patch_all()``.
 """
@@ -23,16 +31,8 @@ from typing import Any
 import gevent
 import gevent.event
 
-from simulator.frames import (
-    CloseCode,
-    FrameParser,
-    Opcode,
-    ProtocolError,
-    close_payload,
-    encode_frame,
-    parse_close_payload,
-)
 from simulator.protocol import Category, Topic, dumps
+from transport.frames import FrameError, FrameReader, Opcode, encode_close, encode_frame
 
 __all__ = ["Connection"]
 
@@ -40,15 +40,17 @@ logger = logging.getLogger("simulator")
 
 _CLOSE_WAIT = 2.0  # seconds to wait for the client's close frame after ours (RFC 6455 §7.1.1)
 _MAX_WRITE = 256 * 1024  # bytes joined into one sendall
+_MAX_MESSAGE = 1 << 16  # bytes in one client message; more is closed with 1009 (requests are tiny)
+_NORMAL = 1000  # close code, RFC 6455 §7.4.1
 
 
 class Connection:
     """A client connection to ``/v5/public/{category}``.
 
-    ``on_text(conn, payload)`` runs in the reader greenlet for each text or
-    binary message. ``subscriptions`` maps topic names to topics, in
-    subscribe order; ``unsynced`` holds the stateful topics whose next
-    message must be a snapshot. ``stats`` is the server's shared counter.
+    ``on_text(conn, payload)`` runs in the reader greenlet for each text
+    (``str``) or binary (``bytes``) message. ``subscriptions`` maps topic
+    names to topics, in subscribe order; ``unsynced`` holds the stateful
+    topics whose next message must be a snapshot. ``stats`` is the server's shared counter.
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class Connection:
         category: Category,
         sock: Any,
         peer: str,
-        on_text: Callable[[Connection, bytes], None],
+        on_text: Callable[[Connection, str | bytes], None],
         stats: Counter[str],
         idle_timeout: float | None = None,
         max_queue: int = 10_000,
@@ -71,7 +73,7 @@ class Connection:
         self.unsynced: set[str] = set()
         self.silenced_until: float | None = None
         self.silence_replies = True  # while silenced, replies (pongs, acks) are dropped too
-        self.delayed: deque[tuple[float, bytes]] = deque()  # requests waiting out a latency fault
+        self.delayed: deque[tuple[float, str | bytes]] = deque()  # requests waiting out a latency fault
         self.delay_worker: gevent.Greenlet | None = None
         self.messages_sent = 0
         self.bytes_sent = 0
@@ -143,7 +145,7 @@ class Connection:
         """Encode ``message`` as one text frame and :meth:`send` it."""
         return self.send(encode_frame(Opcode.TEXT, dumps(message)), force=force, reply=reply)
 
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, abrupt: bool = False) -> None:
+    def close(self, code: int = _NORMAL, reason: str = "", *, abrupt: bool = False) -> None:
         """Start closing: a close frame with ``code`` (RFC 6455 §7.1.2), or with ``abrupt`` a bare TCP close."""
         if self._done:
             return
@@ -154,7 +156,7 @@ class Connection:
             return
         if self._closing:
             return
-        self._queue.append(encode_frame(Opcode.CLOSE, close_payload(code, reason)))
+        self._queue.append(encode_close(code, reason))
         self._closing = True
         self._wakeup.set()
         # the reader waits for the client's close frame; do not wait for ever
@@ -196,13 +198,13 @@ class Connection:
     def run(self, initial: bytes = b"") -> None:
         """Serve the connection until it closes; returns when the socket is done."""
         self._writer = gevent.spawn(self._write_loop)
-        parser = FrameParser()
+        reader = FrameReader(_MAX_MESSAGE)
         sock = self._sock
         sock.settimeout(self._idle_timeout)
         data = initial
         try:
             while not self._done:
-                if data and not self._handle_bytes(parser, data):
+                if data and not self._handle_bytes(reader, data):
                     break
                 try:
                     data = sock.recv(65536)
@@ -232,28 +234,30 @@ class Connection:
             except OSError:
                 pass
 
-    def _handle_bytes(self, parser: FrameParser, data: bytes) -> bool:
-        """Dispatch received bytes; False when the connection should stop reading."""
+    def _handle_bytes(self, reader: FrameReader, data: bytes) -> bool:
+        """Dispatch received bytes; False when the connection should stop reading.
+
+        What came before a frame that breaks RFC 6455 is handled; that frame
+        closes the connection with the code :class:`~transport.frames.FrameError`
+        names (the reader is not fed again).
+        """
         try:
-            frames = parser.feed(data)
-        except ProtocolError as exc:
-            self.close(exc.code, str(exc))
-            return not self._closing
-        for frame in frames:
-            if frame.opcode == Opcode.CLOSE:
-                code, _reason = parse_close_payload(frame.payload)
-                if not self._closing:
-                    # echo the code back (RFC 6455 §5.5.1); 1005 "no status" is never sent
-                    self.close(CloseCode.NORMAL if code is None else code)
-                return False
-            if self._closing:
-                continue
-            if frame.opcode == Opcode.PING:
-                self.send(encode_frame(Opcode.PONG, frame.payload), reply=True)
-            elif frame.opcode == Opcode.PONG:
-                continue
-            else:
-                self._on_text(self, frame.payload)
+            for opcode, value in reader.feed(data):
+                if opcode == Opcode.CLOSE:
+                    code, _reason = value
+                    if not self._closing:
+                        # echo the code back (RFC 6455 §5.5.1); 1005 "no status" is never sent
+                        self.close(_NORMAL if code is None else code)
+                    return False
+                if self._closing:
+                    continue
+                if opcode == Opcode.PING:
+                    self.send(encode_frame(Opcode.PONG, value), reply=True)
+                elif opcode != Opcode.PONG:
+                    self._on_text(self, value)
+        except FrameError as exc:
+            self.close(exc.code, exc.reason)
+            return False
         return True
 
     def state(self, now: float) -> dict[str, Any]:

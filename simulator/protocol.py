@@ -27,6 +27,12 @@ Not attested anywhere and invented here (kept in Bybit's reply shape): the
 answer to a frame that is not JSON or has an unknown ``op``
 (``ret_msg`` ``"error:invalid request"`` / ``"error:unsupported op <op>"``),
 and the spot reply to a duplicate topic (a plain success ack).
+
+Independent of ``market/`` on purpose, and it must stay so: this module is
+the oracle the gateway's Bybit parser (``market/bybit.py``) is tested
+against. Sharing code with it (topic names, symbol rules, message shapes)
+would let one bug hide in both and pass every test. Its only knowledge of
+Bybit comes from the recorded fixtures and ``docs/bybit-v5.md``.
 """
 
 from __future__ import annotations

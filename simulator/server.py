@@ -21,6 +21,12 @@ call: by default the built-in table only. A subscribe naming a symbol that
 does not exist on that market gets the market's own failure reply and no
 data ever streams for it (see :meth:`SimulatorServer._subscribe`).
 
+The opening handshake is the gateway's own, :mod:`transport.handshake`
+(``parse_request_head``, ``check_upgrade``, ``upgrade_response``); a refused
+upgrade is a :class:`~transport.handshake.Rejection` answered with
+``rejection_response``. Framing is :mod:`transport.frames` (see
+:mod:`simulator.connection`).
+
 Built on ``gevent.server.StreamServer`` and gevent's own sockets: it needs
 no monkey patching, and works the same in a process that has called
 ``gevent.monkey.patch_all()``. Everything runs in the hub's thread; call
@@ -69,15 +75,6 @@ from simulator.faults import (
     parse_fault,
 )
 from simulator.feeds import Emission, Feed, OrderbookFeed, make_feed
-from simulator.frames import (
-    HandshakeError,
-    Opcode,
-    RequestHead,
-    encode_frame,
-    handshake_response,
-    http_response,
-    parse_request_head,
-)
 from simulator.instruments import SYMBOL_MODES, SymbolPolicy, listings_state
 from simulator.market import Instrument, instrument_spec
 from simulator.protocol import (
@@ -87,14 +84,38 @@ from simulator.protocol import (
     TopicError,
     TopicKind,
 )
+from transport.frames import Opcode, encode_frame
+from transport.handshake import (
+    MAX_HEAD,
+    Rejection,
+    RequestHead,
+    check_upgrade,
+    parse_request_head,
+    rejection_response,
+    upgrade_response,
+)
 
 __all__ = ["SimulatorServer"]
 
 logger = logging.getLogger("simulator")
 
 _WS_PATHS = {f"/v5/public/{c}": c for c in Category}
-_MAX_HEAD = 16 * 1024
 _MAX_BODY = 64 * 1024
+# the answers to a ``refuse`` fault in mode "503" and to a plain GET of a stream path
+_REFUSED = rejection_response(
+    Rejection("503 Service Unavailable", "service unavailable", "refused by a refuse fault", [("Retry-After", "1")])
+)
+_NOT_UPGRADE = rejection_response(
+    Rejection("426 Upgrade Required", "websocket upgrade required", "this path is a websocket stream",
+              [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+)
+_STATUS = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    413: "413 Payload Too Large",
+}
 
 
 def _now_ms() -> int:
@@ -220,10 +241,9 @@ class SimulatorServer:
             if read is None:
                 return
             raw_head, rest = read
-            try:
-                head = parse_request_head(raw_head)
-            except HandshakeError:
-                sock.sendall(http_response(400, b'{"error":"bad request"}'))
+            head = parse_request_head(raw_head)
+            if head is None:
+                sock.sendall(_http_response(400, b'{"error":"bad request"}'))
                 return
             path = head.path
             if path in _WS_PATHS:
@@ -231,7 +251,7 @@ class SimulatorServer:
             elif path.startswith("/control/"):
                 self._control(sock, head, rest)
             else:
-                sock.sendall(http_response(404, b'{"error":"not found"}'))
+                sock.sendall(_http_response(404, b'{"error":"not found"}'))
         except OSError:
             pass
         except Exception:
@@ -247,18 +267,17 @@ class SimulatorServer:
         if refusal is not None:
             self.stats["connections_refused"] += 1
             if refusal == "503":
-                body = b'{"error":"service unavailable"}'
-                sock.sendall(http_response(503, body, extra_headers={"Retry-After": "1"}))
+                sock.sendall(_REFUSED)
             return  # "close": drop TCP without an answer
-        if not head.is_websocket_upgrade():
-            sock.sendall(http_response(426, b'{"error":"websocket upgrade required"}'))
+        if not head.is_websocket_upgrade:
+            sock.sendall(_NOT_UPGRADE)
             return
         try:
-            response = handshake_response(head)
-        except HandshakeError as exc:
-            sock.sendall(http_response(400, json.dumps({"error": str(exc)}).encode()))
+            accept = check_upgrade(head.environ(), head.version)
+        except Rejection as rejection:
+            sock.sendall(rejection_response(rejection))
             return
-        sock.sendall(response)
+        sock.sendall(upgrade_response(accept, None))
         number = self._next_number
         self._next_number += 1
         conn_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
@@ -286,7 +305,7 @@ class SimulatorServer:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def _on_text(self, conn: Connection, payload: bytes) -> None:
+    def _on_text(self, conn: Connection, payload: str | bytes) -> None:
         delay = self.faults.latency(conn.category)
         if delay > 0 or conn.delayed:  # a latency fault: in order, each request ``delay`` after it came
             conn.delayed.append((time.monotonic() + delay, payload))
@@ -303,7 +322,7 @@ class SimulatorServer:
             if conn.number in self._connections:
                 self._handle_request(conn, payload)
 
-    def _handle_request(self, conn: Connection, payload: bytes) -> None:
+    def _handle_request(self, conn: Connection, payload: str | bytes) -> None:
         category = conn.category
         try:
             request = protocol.parse_request(payload)
@@ -566,46 +585,46 @@ class SimulatorServer:
         path = head.path
         if path == "/control/state":
             if head.method != "GET":
-                sock.sendall(http_response(405, b'{"error":"use GET"}'))
+                sock.sendall(_http_response(405, b'{"error":"use GET"}'))
                 return
-            sock.sendall(http_response(200, json.dumps(self.state()).encode()))
+            sock.sendall(_http_response(200, json.dumps(self.state()).encode()))
         elif path == "/control/fault":
             if head.method != "POST":
-                sock.sendall(http_response(405, b'{"error":"use POST"}'))
+                sock.sendall(_http_response(405, b'{"error":"use POST"}'))
                 return
             body = _read_body(sock, head, rest)
             if body is None:
-                sock.sendall(http_response(413, b'{"ok":false,"error":"bad or missing content-length"}'))
+                sock.sendall(_http_response(413, b'{"ok":false,"error":"bad or missing content-length"}'))
                 return
             try:
                 result = self.inject(json.loads(body or b"null"))
             except (FaultError, ValueError) as exc:
-                sock.sendall(http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
+                sock.sendall(_http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
                 return
-            sock.sendall(http_response(200, json.dumps(result).encode()))
+            sock.sendall(_http_response(200, json.dumps(result).encode()))
         elif path == "/control/symbols":
             self._control_symbols(sock, head, rest)
         else:
-            sock.sendall(http_response(404, b'{"error":"not found"}'))
+            sock.sendall(_http_response(404, b'{"error":"not found"}'))
 
     def _control_symbols(self, sock: Any, head: RequestHead, rest: bytes) -> None:
         if head.method == "GET":
             body = {"symbols": self.symbols.describe(), "instruments": listings_state()}
-            sock.sendall(http_response(200, json.dumps(body).encode()))
+            sock.sendall(_http_response(200, json.dumps(body).encode()))
             return
         if head.method != "POST":
-            sock.sendall(http_response(405, b'{"error":"use GET or POST"}'))
+            sock.sendall(_http_response(405, b'{"error":"use GET or POST"}'))
             return
         raw = _read_body(sock, head, rest)
         if raw is None:
-            sock.sendall(http_response(413, b'{"ok":false,"error":"bad or missing content-length"}'))
+            sock.sendall(_http_response(413, b'{"ok":false,"error":"bad or missing content-length"}'))
             return
         try:
             policy = _parse_symbols(json.loads(raw or b"null"), self.symbols)
         except ValueError as exc:
-            sock.sendall(http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
+            sock.sendall(_http_response(400, json.dumps({"ok": False, "error": str(exc)}).encode()))
             return
-        sock.sendall(http_response(200, json.dumps(self.set_symbols(policy)).encode()))
+        sock.sendall(_http_response(200, json.dumps(self.set_symbols(policy)).encode()))
 
 
 def _parse_symbols(obj: Any, current: SymbolPolicy) -> SymbolPolicy:
@@ -633,7 +652,7 @@ def _read_head(sock: Any) -> tuple[bytes, bytes] | None:
     """Read up to the blank line; ``(head, bytes after it)`` or ``None`` (EOF, too long)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
-        if len(buf) > _MAX_HEAD:
+        if len(buf) > MAX_HEAD:
             return None
         chunk = sock.recv(4096)
         if not chunk:
@@ -641,6 +660,15 @@ def _read_head(sock: Any) -> tuple[bytes, bytes] | None:
         buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
     return head, rest
+
+
+def _http_response(status: int, body: bytes) -> bytes:
+    """A complete ``Connection: close`` JSON response (the control API's answers)."""
+    head = (
+        f"HTTP/1.1 {_STATUS[status]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def _read_body(sock: Any, head: RequestHead, rest: bytes) -> bytes | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -40,12 +41,13 @@ from websocket import (
     create_connection,
 )
 
-from simulator import faults, frames, protocol
+from simulator import faults, protocol
 from simulator.feeds import KlineFeed, LinearTickerFeed, OrderbookFeed
 from simulator.instruments import LISTINGS, QUOTE_USD, SymbolPolicy, listing
 from simulator.market import Instrument, instrument_spec, interval_bounds
 from simulator.protocol import Category, Topic, TopicKind
 from simulator.server import SimulatorServer
+from transport.frames import parse_close
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "bybit-v5"
@@ -59,45 +61,6 @@ def fixture(name: str) -> dict[str, Any]:
 def shape(message: dict[str, Any]) -> list[tuple[str, type]]:
     """Keys in order with their value types: what "the same shape" means here."""
     return [(k, type(v)) for k, v in message.items()]
-
-
-# --- pure: frames ---------------------------------------------------------------------------
-
-
-def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
-    """A client frame (payload < 126 bytes), masked as RFC 6455 §5.3 says."""
-    assert len(payload) < 126
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + mask + body
-
-
-def test_accept_key_matches_rfc_6455_example():
-    assert frames.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-
-
-def test_parser_reassembles_fragments_around_a_control_frame():
-    parser = frames.FrameParser()
-    data = masked(0x1, b"hel", fin=False) + masked(0x9, b"p") + masked(0x0, b"lo")
-    # fed one byte at a time: the parser must cope with any split
-    got = [f for b in data for f in parser.feed(bytes([b]))]
-    assert got == [frames.Frame(frames.Opcode.PING, b"p"), frames.Frame(frames.Opcode.TEXT, b"hello")]
-
-
-def test_parser_rejects_unmasked_and_oversized_frames():
-    with pytest.raises(frames.ProtocolError, match="unmasked"):
-        frames.FrameParser().feed(frames.encode_frame(frames.Opcode.TEXT, b"x"))
-    with pytest.raises(frames.ProtocolError) as info:
-        frames.FrameParser(max_message=10).feed(masked(0x1, b"x" * 11))
-    with pytest.raises(frames.ProtocolError, match="control"):
-        frames.FrameParser().feed(masked(0x9, b"x", fin=False))
-    assert info.value.code == frames.CloseCode.MESSAGE_TOO_BIG
-
-
-def test_encode_frame_lengths_and_close_payload():
-    assert frames.encode_frame(frames.Opcode.TEXT, b"a" * 125)[:2] == b"\x81\x7d"
-    assert frames.encode_frame(frames.Opcode.TEXT, b"a" * 126)[:4] == b"\x81\x7e\x00\x7e"
-    assert frames.encode_frame(frames.Opcode.BINARY, b"a" * 70000)[:2] == b"\x82\x7f"
-    assert frames.parse_close_payload(frames.close_payload(4001, "bye")) == (4001, "bye")
 
 
 # --- pure: protocol -------------------------------------------------------------------------
@@ -500,6 +463,41 @@ def test_control_ping_frames_get_pongs(connect):
     assert (opcode, frame.data) == (ABNF.OPCODE_PONG, b"hb")
 
 
+def raw_upgrade(port: int, *headers: str) -> tuple[socket.socket, bytes]:
+    """A hand-written upgrade request to ``/v5/public/spot``; the socket and the answer's head."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+    lines = ["GET /v5/public/spot HTTP/1.1", f"Host: 127.0.0.1:{port}", *headers, "", ""]
+    sock.sendall("\r\n".join(lines).encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    return sock, answer
+
+
+def test_handshake_refusals_and_protocol_errors_get_rfc_6455_answers(sim):
+    """The handshake and framing are transport's: a bad upgrade is refused, a bad frame closed with its code."""
+    plain, answer = raw_upgrade(sim.port)
+    plain.close()
+    assert answer.startswith(b"HTTP/1.1 426 ")
+    upgrade = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    old, answer = raw_upgrade(sim.port, *upgrade, "Sec-WebSocket-Version: 8")
+    old.close()
+    assert answer.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13\r\n" in answer
+    for frame, code in (
+        (b"\x81\x02{}", 1002),  # unmasked client frame (RFC 6455 §5.1)
+        (b"\x81\x81\x00\x00\x00\x00\xff", 1007),  # text that is not UTF-8
+        (b"\x88\x82\x00\x00\x00\x00\x0f\xa1", 4001),  # the client's close: its code echoed
+    ):
+        sock, answer = raw_upgrade(sim.port, *upgrade, "Sec-WebSocket-Version: 13")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer
+        sock.sendall(frame)
+        reply = answer.partition(b"\r\n\r\n")[2]
+        while len(reply) < 2 or len(reply) < 2 + reply[1]:  # a close frame: 7-bit length
+            reply += sock.recv(4096)
+        sock.close()
+        assert reply[0] == 0x88 and parse_close(reply[2 : 2 + reply[1]])[0] == code, (frame, reply)
+
+
 def test_spot_rejects_more_than_ten_args_and_linear_does_not(connect):
     args = [f"tickers.{row.symbol}" for row in LISTINGS if row.linear is not None][:11]
     assert len(args) == 11
@@ -760,7 +758,7 @@ def test_close_fault_sends_the_code_asked(sim, connect):
         opcode, frame = ws.recv_data_frame(control_frame=True)
         if opcode == ABNF.OPCODE_CLOSE:
             break
-    assert frames.parse_close_payload(frame.data) == (4000, "test")
+    assert parse_close(frame.data) == (4000, "test")
 
 
 def test_abrupt_close_fault_drops_tcp(sim, connect):
