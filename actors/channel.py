@@ -48,7 +48,7 @@ from brokers.broker import Broker, BrokerUnavailable, Publication
 from protocol.channels import ChannelKey, Position
 from protocol.messages import data_message, resync_message
 from transport.frames import Opcode, encode_frame
-from transport.socket import Outbox
+from transport.outbox import Outbox
 
 __all__ = ["ChannelActor"]
 

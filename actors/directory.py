@@ -16,7 +16,7 @@ from brokers.broker import Publication
 from metrics.definitions import Metrics
 from protocol.auth import Principal
 from protocol.channels import ChannelKey, Position
-from transport.socket import Outbox
+from transport.outbox import Outbox
 
 __all__ = ["ConnectionContext", "ConnectionLimits", "Directory", "Session"]
 

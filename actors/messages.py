@@ -15,7 +15,7 @@ from brokers.broker import Publication
 from protocol.channels import ChannelKey, Position
 from protocol.errors import ProtocolError
 from protocol.messages import ClientMessage
-from transport.socket import Outbox
+from transport.outbox import Outbox
 
 # --- to a connection actor (from its socket reader, the hub, channels) --------
 

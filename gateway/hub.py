@@ -28,7 +28,7 @@ from brokers.memory import MemoryBroker
 from metrics.definitions import Metrics, child
 from protocol.auth import Principal
 from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
-from transport.socket import Outbox
+from transport.outbox import Outbox
 
 __all__ = ["ConnectionLimitExceeded", "Hub"]
 

@@ -11,7 +11,7 @@ from gevent import socket
 from actors.channel import ChannelActor
 from actors.messages import Deliver, Join
 from brokers.memory import MemoryBroker
-from transport.socket import Outbox
+from transport.outbox import Outbox
 
 
 def _frames(sock: socket.socket, n: int) -> list[dict]:
