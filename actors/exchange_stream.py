@@ -83,9 +83,9 @@ import websocket
 from actors.runtime import ExpectedFailure
 from market.exchange import (
     DropReason,
+    ExchangePong,
     ExchangeProtocol,
     ExchangeProtocolError,
-    Pong,
     SubscribeAck,
     TopicMessage,
 )
@@ -572,7 +572,7 @@ class ExchangeStreamActor(SupervisedActor):
             self._on_topic(event, received)
         elif isinstance(event, SubscribeAck):
             self._on_ack(event)
-        elif isinstance(event, Pong):
+        elif isinstance(event, ExchangePong):
             pass
 
     def _count_garbage(self, exc: Exception) -> None:

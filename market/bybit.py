@@ -70,10 +70,10 @@ from typing import Any, Final, NoReturn
 from .exchange import (
     DropReason,
     ExchangeEvent,
+    ExchangePong,
     ExchangeProtocolError,
     MessageType,
     OutboundRequest,
-    Pong,
     SubscribeAck,
     TopicMessage,
 )
@@ -417,7 +417,7 @@ def parse(text: str | bytes) -> ExchangeEvent:
     """One text frame from a Bybit v5 public stream as a typed event.
 
     Returns a :class:`SubscribeAck` (subscribe and unsubscribe replies, all
-    three shapes), a :class:`Pong` (all three shapes) or a
+    three shapes), a :class:`ExchangePong` (all three shapes) or a
     :class:`TopicMessage`. Raises :class:`BybitProtocolError` for anything
     else: text that is not JSON (``NaN`` and ``Infinity`` included), JSON
     that is not an object, an object of no known shape, or a known shape with
@@ -524,7 +524,7 @@ def _option_ack(obj: Mapping[str, Any]) -> SubscribeAck:
     )
 
 
-def _pong(obj: Mapping[str, Any]) -> Pong:
+def _pong(obj: Mapping[str, Any]) -> ExchangePong:
     """Spot and linear/inverse pong: ``op`` stays "ping", ``ret_msg`` is "pong".
 
     Docs, https://bybit-exchange.github.io/docs/v5/ws/connect, "How to Send
@@ -539,10 +539,10 @@ def _pong(obj: Mapping[str, Any]) -> Pong:
     """
     if not _bool(obj, "success"):
         raise BybitProtocolError(f"ping rejected: {_show(obj.get('ret_msg'))}")
-    return Pong(conn_id=_opt_str(obj, "conn_id"), req_id=_opt_str(obj, "req_id"))
+    return ExchangePong(conn_id=_opt_str(obj, "conn_id"), req_id=_opt_str(obj, "req_id"))
 
 
-def _option_pong(obj: Mapping[str, Any]) -> Pong:
+def _option_pong(obj: Mapping[str, Any]) -> ExchangePong:
     """Option/spread pong: ``op`` "pong", ``args`` the server time in ms as text.
 
     Docs, https://bybit-exchange.github.io/docs/v5/ws/connect, tab "Option/Spread"::
@@ -557,7 +557,7 @@ def _option_pong(obj: Mapping[str, Any]) -> Pong:
         raise BybitProtocolError(f"pong args is not a list: {_show(args)}")
     first = args[0] if args else None
     server_ts = int(first) if isinstance(first, str) and first.isascii() and first.isdigit() else None
-    return Pong(conn_id=_opt_str(obj, "conn_id"), req_id=_opt_str(obj, "req_id"), server_ts=server_ts)
+    return ExchangePong(conn_id=_opt_str(obj, "conn_id"), req_id=_opt_str(obj, "req_id"), server_ts=server_ts)
 
 
 def _topic_message(obj: Mapping[str, Any]) -> TopicMessage:

@@ -12,7 +12,7 @@ The stream owner uses it like this::
     for each text frame:
         event = exchange.parse(frame)         # ExchangeProtocolError on garbage
         SubscribeAck -> match to the request; ok / fail_topics
-        Pong         -> liveness
+        ExchangePong -> liveness
         TopicMessage -> exchange.normalize(event, category)
                         -> TickerUpdate  -> TickerBook.apply
                         -> BookUpdate    -> OrderBook.apply, then view(n)
@@ -42,11 +42,11 @@ from .model import Category, MarketUpdate, Topic
 __all__ = [
     "DropReason",
     "ExchangeEvent",
+    "ExchangePong",
     "ExchangeProtocol",
     "ExchangeProtocolError",
     "MessageType",
     "OutboundRequest",
-    "Pong",
     "SubscribeAck",
     "TopicMessage",
 ]
@@ -134,7 +134,7 @@ class SubscribeAck:
 
 
 @dataclass(frozen=True, slots=True)
-class Pong:
+class ExchangePong:
     """A reply to our JSON ping. ``server_ts`` is in ms when the exchange sends it."""
 
     conn_id: str | None = None
@@ -160,7 +160,7 @@ class TopicMessage:
     cs: int | None = None
 
 
-ExchangeEvent: TypeAlias = SubscribeAck | Pong | TopicMessage
+ExchangeEvent: TypeAlias = SubscribeAck | ExchangePong | TopicMessage
 
 
 @runtime_checkable

@@ -30,10 +30,10 @@ from market.bybit import (
     unsubscribe_requests,
 )
 from market.exchange import (
+    ExchangePong,
     ExchangeProtocol,
     MessageType,
     OutboundRequest,
-    Pong,
     SubscribeAck,
     TopicMessage,
 )
@@ -65,9 +65,9 @@ def fixture(name: str) -> str:
 
 # Control frames: the exact event each one parses to.
 CONTROL_EVENTS = {
-    "pong_linear.json": Pong(conn_id="465772b1-7630-4fdc-a492-e003e6f0f260", req_id=""),
-    "pong_option.json": Pong(server_ts=1672916271846),
-    "pong_spot.json": Pong(conn_id="0970e817-426e-429a-a679-ff7f55e0b16a"),
+    "pong_linear.json": ExchangePong(conn_id="465772b1-7630-4fdc-a492-e003e6f0f260", req_id=""),
+    "pong_option.json": ExchangePong(server_ts=1672916271846),
+    "pong_spot.json": ExchangePong(conn_id="0970e817-426e-429a-a679-ff7f55e0b16a"),
     "subscribe_fail.json": SubscribeAck(
         success=False,
         ret_msg="error:handler not found,topic:dcp.future",
@@ -215,7 +215,7 @@ def test_spot_pong_echoes_req_id():
     # c9s/bbgo pkg/exchange/bybit/stream_test.go, "[public] PingEvent with req id"
     text = ('{"success":true,"ret_msg":"pong","conn_id":"a806f6c4-3608-4b6d-a225-9f5da975bc44",'
             '"req_id":"b26704da-f5af-44c2-bdf7-935d6739e1a0","op":"ping"}')
-    assert parse(text) == Pong(conn_id="a806f6c4-3608-4b6d-a225-9f5da975bc44",
+    assert parse(text) == ExchangePong(conn_id="a806f6c4-3608-4b6d-a225-9f5da975bc44",
                                req_id="b26704da-f5af-44c2-bdf7-935d6739e1a0")
 
 
@@ -668,7 +668,7 @@ def test_bybit_implements_the_exchange_protocol():
     assert isinstance(BYBIT, ExchangeProtocol)
     assert BYBIT.name == "bybit"
     assert BYBIT.public_url(Category.OPTION, testnet=True) == "wss://stream-testnet.bybit.com/v5/public/option"
-    assert BYBIT.parse(fixture("pong_option.json")) == Pong(server_ts=1672916271846)
+    assert BYBIT.parse(fixture("pong_option.json")) == ExchangePong(server_ts=1672916271846)
     assert BYBIT.ping_request("1").req_id == "1"
     assert BYBIT.subscribe_requests([Topic(StreamKind.TICKER, "BTCUSDT")], Category.SPOT, lambda: "a")[0].topics == (
         "tickers.BTCUSDT",)
