@@ -42,7 +42,7 @@ import gevent
 
 from actors.exchange_stream import BookReset, DropTopics, MarketData, StreamState, SubscribeRejected, WantTopics
 from actors.messages import Evict, LatestSlot, Publish, PublishLatest
-from metrics.definitions import child
+from metrics.definitions import labelled
 from protocol.channels import ChannelKey, market_key
 from protocol.errors import ErrorCode
 from protocol.messages import dumps
@@ -186,7 +186,7 @@ class MarketDataBridgeActor(SupervisedActor):
         self.upstream: set[ChannelKey] = self.interest.keys  # keys subscribed upstream (wanted)
         self.latest: dict[ChannelKey, Publish] = {}
         self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
-        self._conflated = child(hub.metrics.conflated, "channel")
+        self._conflated = labelled(hub.metrics.conflated, "channel")
         self.states: dict[tuple[str, str], StreamState] = {}
         self.retry_base = retry_base
         self.retry_cap = retry_cap

@@ -29,7 +29,7 @@ from actors.directory import ConnectionContext, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
 from actors.runtime import GeventActor
 from brokers.broker import BrokerUnavailable
-from metrics.definitions import child
+from metrics.definitions import labelled
 from protocol.auth import AuthError
 from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
@@ -90,12 +90,12 @@ class ConnectionActor(GeventActor):
     # -- helpers -----------------------------------------------------------------
 
     def _send(self, text: str, kind: str) -> None:
-        child(self.metrics.messages_sent, "-", kind).inc()
+        labelled(self.metrics.messages_sent, "-", kind).inc()
         self.conn.send_text(text)
 
     def _error(self, code: ErrorCode, message: str, *, request_id: str | None = None,
                channel: str | None = None) -> None:
-        child(self.metrics.errors_sent, code.value).inc()
+        labelled(self.metrics.errors_sent, code.value).inc()
         self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
         now = time.monotonic()
         errors = self._errors if self._errors is not None else deque()
@@ -110,7 +110,7 @@ class ConnectionActor(GeventActor):
         if self._closed:
             return
         self._closed = True
-        child(self.metrics.closes_sent, str(int(code))).inc()
+        labelled(self.metrics.closes_sent, str(int(code))).inc()
         self.conn.close(int(code), reason or CLOSE_CODES[code].reason, discard_pending=discard_pending)
 
     # -- messages ----------------------------------------------------------------
@@ -137,12 +137,12 @@ class ConnectionActor(GeventActor):
         log.error("connection actor failed", exc_info=(exc_type, exc, tb),
                   extra={"fields": {"session": self.session.session_id}})
         # Never restarted (the client reconnects), but counted like every child death.
-        child(self.metrics.supervisor_failures, "connection", "receive").inc()
+        labelled(self.metrics.supervisor_failures, "connection", "receive").inc()
         self._close(CloseCode.INTERNAL_ERROR)
         self.directory.close_session(self.session)
 
     def _handle(self, msg: Any) -> None:
-        child(self.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
+        labelled(self.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
         if not self._budget.take(time.monotonic()):
             # Refused, not queued: the client is told, and a client that keeps
             # flooding runs out of its error budget too (4003).
@@ -182,7 +182,7 @@ class ConnectionActor(GeventActor):
         if channel in BROKERED_CHANNELS:
             # One key; the channel confirms, with the position and whether the
             # missed publications since ``msg.since`` could be recovered.
-            request_id, counter = msg.request_id, child(self.metrics.messages_sent, "-", "subscribed")
+            request_id, counter = msg.request_id, labelled(self.metrics.messages_sent, "-", "subscribed")
 
             def confirm(recovered: bool | None, position: Any) -> str:
                 counter.inc()
@@ -218,7 +218,7 @@ class ConnectionActor(GeventActor):
         try:
             principal = self.context.verify(msg.token)
         except AuthError as exc:
-            child(self.metrics.auth_failures, f"refresh_{exc.reason}").inc()
+            labelled(self.metrics.auth_failures, f"refresh_{exc.reason}").inc()
             self._error(ErrorCode.INVALID_TOKEN, exc.message, request_id=msg.request_id)
             return
         if principal.user_id != self.principal.user_id:

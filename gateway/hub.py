@@ -25,7 +25,7 @@ from actors.directory import Session
 from actors.messages import CatchUp, Deliver, Join, Leave, Publish
 from brokers.broker import Broker, Publication
 from brokers.memory import MemoryBroker
-from metrics.definitions import Metrics, child
+from metrics.definitions import Metrics, labelled
 from protocol.auth import Principal
 from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
 from transport.outbox import Outbox
@@ -106,9 +106,9 @@ class Hub:
             ref = ChannelActor.start(
                 key, name, on_idle=self._channel_idle, on_count=self._channel_count,
                 on_failed=self._channel_failed, broker=self.broker if brokered else None,
-                sent_counter=child(self.metrics.messages_sent, name, "data"),
-                bytes_counter=child(self.metrics.bytes_queued, name), idle_grace=self.channel_idle_grace,
-                depth_histogram=child(self.metrics.internal_queue_depth, "market_channel")
+                sent_counter=labelled(self.metrics.messages_sent, name, "data"),
+                bytes_counter=labelled(self.metrics.bytes_queued, name), idle_grace=self.channel_idle_grace,
+                depth_histogram=labelled(self.metrics.internal_queue_depth, "market_channel")
                 if name == "market-data" else None,
             )
             self.channels[key] = ref
@@ -177,7 +177,7 @@ class Hub:
         return self.subscriber_counts.get(key, 0)
 
     def _channel_count(self, key: ChannelKey, count: int) -> None:
-        child(self.metrics.subscriptions, _public_name(key)).inc(count - self.subscriber_counts.get(key, 0))
+        labelled(self.metrics.subscriptions, _public_name(key)).inc(count - self.subscriber_counts.get(key, 0))
         if count:
             self.subscriber_counts[key] = count
         else:
@@ -188,7 +188,7 @@ class Hub:
     def _channel_failed(self, key: ChannelKey, ref: Any, subscribers: dict[str, Outbox],
                         owners: dict[str, Any]) -> None:
         """A channel actor died: start its successor with the same subscribers."""
-        child(self.metrics.supervisor_failures, "channel", "receive").inc()
+        labelled(self.metrics.supervisor_failures, "channel", "receive").inc()
         if self.channels.get(key) is ref:
             del self.channels[key]
         if not subscribers:

@@ -30,7 +30,7 @@ from actors.directory import ConnectionContext, ConnectionLimits, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
 from gateway.config import Settings
 from gateway.hub import ConnectionLimitExceeded, Hub
-from metrics.definitions import Metrics, child
+from metrics.definitions import Metrics, labelled
 from protocol.auth import AuthError, Principal
 from protocol.close_codes import CLOSE_CODES, CloseCode
 from protocol.errors import ProtocolError
@@ -117,14 +117,14 @@ class Gateway:
         # Browsers always send Origin; bots and services do not. Without one, the
         # token decides (unless WS_REQUIRE_ORIGIN): an allow-list guards browsers.
         if allowed and (origin not in allowed if origin is not None else self.settings.require_origin):
-            child(self.metrics.auth_failures, "origin").inc()
+            labelled(self.metrics.auth_failures, "origin").inc()
             raise Rejection("403 Forbidden", "origin_not_allowed",
                             "this origin may not connect" if origin is not None else "an Origin header is required")
         token, protocol = self._token(environ)
         try:
             principal = self.settings.authenticator.verify(token)
         except AuthError as exc:
-            child(self.metrics.auth_failures, exc.reason).inc()
+            labelled(self.metrics.auth_failures, exc.reason).inc()
             raise Rejection("401 Unauthorized", f"token_{exc.reason}", exc.message) from None
         address = None if principal.is_service else self._client_address(environ)
         limit = self.settings.max_connections_per_address
@@ -179,7 +179,7 @@ class Gateway:
         return token, protocol
 
     def handshake_rejected(self, status: str) -> None:
-        child(self.metrics.handshake_rejections, status).inc()
+        labelled(self.metrics.handshake_rejections, status).inc()
 
     # -- after the upgrade ---------------------------------------------------------
 
@@ -216,9 +216,9 @@ class Gateway:
         actor = ConnectionActor.start(self.connection_context, session, conn)
         session.actor = actor
         conn.outbox.on_overflow = lambda: self._slow_consumer(actor)
-        child(self.metrics.connections, "open").inc()
+        labelled(self.metrics.connections, "open").inc()
         self.metrics.connections_opened.inc()
-        child(self.metrics.messages_sent, "-", "connection").inc()
+        labelled(self.metrics.messages_sent, "-", "connection").inc()
         conn.send_text(connection_message(
             session_id=session.session_id, user_id=principal.user_id, server_time=int(time.time() * 1000),
             heartbeat_ms=int(self.settings.heartbeat_interval * 1000),
@@ -242,7 +242,7 @@ class Gateway:
                 try:
                     parsed = parse(message)
                 except ProtocolError as exc:
-                    child(metrics.messages_received, "invalid").inc()
+                    labelled(metrics.messages_received, "invalid").inc()
                     actor.tell(Rejected(exc))
                     return
                 actor.tell(Inbound(parsed))
@@ -251,8 +251,8 @@ class Gateway:
 
         def on_end(closed: ConnectionClosed) -> None:
             if closed.by_server and closed.code in _FRAME_ERROR_CODES:
-                child(metrics.closes_sent, str(closed.code)).inc()
-            child(metrics.connections, "open").dec()
+                labelled(metrics.closes_sent, str(closed.code)).inc()
+            labelled(metrics.connections, "open").dec()
             try:
                 actor.tell(Disconnected(closed.code))
             except pykka.ActorDeadError:
@@ -263,14 +263,14 @@ class Gateway:
             conn.finish()
             self._bytes_of_closed += conn.outbox.bytes_written
             if conn.outbox.dropped:
-                child(metrics.messages_dropped, "slow_consumer").inc(conn.outbox.dropped)
+                labelled(metrics.messages_dropped, "slow_consumer").inc(conn.outbox.dropped)
             if conn.outbox.conflated:
-                child(metrics.conflated, "connection").inc(conn.outbox.conflated)
+                labelled(metrics.conflated, "connection").inc(conn.outbox.conflated)
 
         conn.start_reading(on_message, on_end)
 
     def _refuse(self, conn: WebSocketConnection, code: CloseCode, reason: str) -> None:
-        child(self.metrics.closes_sent, str(int(code))).inc()
+        labelled(self.metrics.closes_sent, str(int(code))).inc()
         conn.close(int(code), reason)
         conn.wait_closed()
         conn.finish()

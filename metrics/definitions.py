@@ -4,8 +4,9 @@ Label values are bounded: channel names, message types, close codes,
 reasons from fixed tables, child kinds and static child ids. Never a user
 id, a token or a client-chosen symbol.
 
-Metrics live in the :data:`REGISTRY` passed around at start-up; tests build
-their own with :func:`build` and read ``registry.get_sample_value``.
+:func:`build` makes a :class:`Metrics` over a registry of its own; the
+gateway builds one at start-up and passes it down, and tests build their
+own and read ``registry.get_sample_value``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["CallbackCounter", "Metrics", "build"]
+__all__ = ["CallbackCounter", "Metrics", "build", "labelled"]
 
 
 @functools.lru_cache(maxsize=8192)
-def child(metric: Any, *values: str) -> Any:
+def labelled(metric: Any, *values: str) -> Any:
     """``metric.labels(*values)``, looked up once per label set.
 
     prometheus-client validates the values and takes a lock on every
