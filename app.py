@@ -181,7 +181,7 @@ def build(settings: Settings, worker: int | None = None) -> System:
         server, own = serve_on(_listen(settings.host, settings.port, "PORT")), None
     else:
         server = serve_on(_listen(settings.host, settings.port, "PORT", reuse_port=True))
-        own = serve_on(_listen(settings.host, settings.worker_ports_from + worker, "WORKER_PORTS_FROM"))
+        own = serve_on(_listen(settings.host, settings.own_port(worker), "WORKER_PORTS_FROM"))
     return System(settings, gateway, server, supervisor, market, own)
 
 
@@ -203,17 +203,18 @@ def serve_parser(prog: str = "trading-gateway serve") -> argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     serve_parser("app.py" if argv is None else "trading-gateway serve").parse_args(
         sys.argv[1:] if argv is None else argv)
-    configure_logging()
+    worker = worker_index()
+    configure_logging(worker=worker)  # the defaults, until the settings say otherwise
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         log.critical("cannot start: %s", exc)
         return 2
+    configure_logging(settings.log_format, settings.log_level, worker=worker)
     for warning in unknown_variables(dict(os.environ)):
         log.warning(warning)
-    if settings.demo_mode and not os.environ.get("JWT_SECRET"):
+    if settings.demo_key_generated:
         settings = _demo_settings(settings)
-    worker = worker_index()
     if settings.workers > 1 and worker is None:
         return WorkerPool(settings).run()
     try:

@@ -232,6 +232,7 @@ class Settings:
     port: int = 3001
     ws_path: str = "/ws"
     demo_mode: bool = False
+    demo_key_generated: bool = False  # DEMO_MODE without a key: a throwaway one was made (app.py keeps it)
     authenticator: Authenticator = field(default_factory=lambda: Authenticator(verify_key=demo_secret()))
     service_api_key: str | None = None
     max_connections_per_user: int = 5
@@ -256,7 +257,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     test_echo_route: bool = False
     # market data
-    market_source: str = "none"  # bybit | simulator | none
+    market_source: str = "bybit"  # bybit | simulator | none
     bybit_testnet: bool = True
     bybit_ws_base: str | None = None  # e.g. ws://127.0.0.1:9100/v5/public (the category is appended)
     market_categories: tuple[str, ...] = ("spot", "linear")
@@ -279,11 +280,15 @@ class Settings:
     history_ttl: float = 300.0
     # several processes on one port (gateway/workers.py)
     workers: int = 1
-    worker_ports_from: int = 0  # worker i also serves alone on worker_ports_from + i (0: port + 1)
+    worker_ports_from: int = 0  # WORKER_PORTS_FROM; 0 (unset): port + 1. Read it as own_port(i).
     # logging and the process
     log_format: str = "text"
     log_level: str = "INFO"
     gc_tune: bool = True
+
+    def own_port(self, worker: int) -> int:
+        """The port worker ``worker`` also serves alone on (WORKERS > 1)."""
+        return (self.worker_ports_from or self.port + 1) + worker
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -294,13 +299,14 @@ class Settings:
             raise ConfigError(f"JWT_ALGORITHM must be HS256, RS256 or ES256, got {algorithm!r}")
         leeway = float(e.int("JWT_LEEWAY"))
         audience, issuer = e.text("JWT_AUDIENCE"), e.text("JWT_ISSUER")
+        generated = False
         if algorithm == "HS256":
             secret = e.text("JWT_SECRET")
             if not secret:
                 if not demo:
                     raise ConfigError("JWT_SECRET is not set: refusing to start without a key "
                                       "(set DEMO_MODE=true to generate a throwaway key)")
-                secret = demo_secret()
+                secret, generated = demo_secret(), True
             if len(secret.encode()) < 32:
                 raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
             authenticator = Authenticator(secret, ("HS256",), audience, issuer, leeway, signing_key=secret)
@@ -336,6 +342,7 @@ class Settings:
             host=e.raw("HOST"),
             port=port,
             demo_mode=demo,
+            demo_key_generated=generated,
             authenticator=authenticator,
             service_api_key=e.text("SERVICE_API_KEY"),
             max_connections_per_user=e.int("WS_MAX_CONNECTIONS_PER_USER", 1),
@@ -380,7 +387,7 @@ class Settings:
             history_size=e.int("HISTORY_SIZE", 1),
             history_ttl=e.ms("HISTORY_TTL", 1000),
             workers=workers,
-            worker_ports_from=e.int("WORKER_PORTS_FROM", 1, 65535, default=port + 1),
+            worker_ports_from=e.int("WORKER_PORTS_FROM", 1, 65535, default=0),
             log_format=e.choice("LOG_FORMAT", ("text", "json")),
             log_level=e.choice("LOG_LEVEL", LOG_LEVELS),
             gc_tune=e.flag("GATEWAY_GC_TUNE"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -50,14 +49,11 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-# With WORKERS > 1 every worker logs to the same stream: its lines say which it is.
-_WORKER = os.environ.get("GATEWAY_WORKER") or None
-
-
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    # With WORKERS > 1 every worker logs to the same stream: its lines say which it is.
+    def __init__(self, worker: int | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s"
-                         if _WORKER is None else f"%(asctime)s %(levelname)s worker-{_WORKER} %(name)s %(message)s")
+                         if worker is None else f"%(asctime)s %(levelname)s worker-{worker} %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -76,6 +72,10 @@ def _text_value(value: Any) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -84,8 +84,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if _WORKER is not None:
-            payload["worker"] = int(_WORKER)
+        if self.worker is not None:
+            payload["worker"] = self.worker
         fields = getattr(record, "fields", None)
         if fields:
             payload.update(fields)
@@ -103,20 +103,21 @@ class ExpectedFailureFilter(logging.Filter):
         return exc is None or not any(cls.__name__ == "ExpectedFailure" for cls in type(exc).__mro__)
 
 
-def configure_logging(env: dict[str, str] | None = None, stream: Any = None) -> None:
-    """Install the root handler from ``LOG_FORMAT`` (text|json) and ``LOG_LEVEL``."""
-    env = dict(os.environ) if env is None else env
+def configure_logging(log_format: str = "text", level: str = "INFO", *, worker: int | None = None,
+                      stream: Any = None) -> None:
+    """Install the root handler: ``log_format`` text or json, at ``level`` (from the settings).
+
+    The process calls it twice: with the defaults before the settings are
+    read (so a bad setting is reported), then with what they say.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
-    json_format = (env.get("LOG_FORMAT") or "text").strip().lower() == "json"
-    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if log_format == "json" else TextFormatter(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    # A bad LOG_LEVEL is reported by the settings (one line, exit 2), not by a traceback here.
-    level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
-    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    root.setLevel(level)
     # pykka logs tracebacks at ERROR (kept) and "Stopping all actors" at DEBUG.
     logging.getLogger("pykka").setLevel(logging.WARNING)
     pykka_logger = logging.getLogger("pykka")

@@ -1,8 +1,9 @@
 """Mint a token for local use: ``python -m gateway.token alice [--ttl 3600] [--role service]``.
 
-The key comes from ``JWT_SECRET`` (or ``JWT_PRIVATE_KEY`` with
-``JWT_ALGORITHM``), or, for a gateway in demo mode, from the key it keeps in
-``.demo/jwt_secret``. ``make token USER=alice`` calls this.
+The key, algorithm, audience and issuer come from the same settings as the
+gateway's (``JWT_SECRET``, or ``JWT_PRIVATE_KEY`` with ``JWT_ALGORITHM``),
+or, for a gateway in demo mode, from the key it keeps in ``.demo/jwt_secret``.
+``make token USER=alice`` and ``trading-gateway token alice`` call this.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from gateway.config import DEMO_SECRET_FILE
-from protocol.auth import mint_token
+from gateway.config import DEMO_SECRET_FILE, ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,23 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", default=None, help="'service' for platform services")
     parser.add_argument("--bots", default=None, help="comma-separated bot ids the user owns")
     args = parser.parse_args(argv)
-    algorithm = os.environ.get("JWT_ALGORITHM", "HS256").upper()
-    if algorithm == "HS256":
-        key = os.environ.get("JWT_SECRET")
-        if not key and DEMO_SECRET_FILE.exists():
-            key = DEMO_SECRET_FILE.read_text().strip()
-    else:
-        path = os.environ.get("JWT_PRIVATE_KEY", "")
-        key = Path(path).read_text() if path and Path(path).is_file() else path
-    if not key:
-        print("no key: set JWT_SECRET, or start the gateway in demo mode first (make run)", file=sys.stderr)
+    env = dict(os.environ)
+    if not env.get("JWT_SECRET") and not env.get("JWT_PUBLIC_KEY") and DEMO_SECRET_FILE.exists():
+        env["JWT_SECRET"] = DEMO_SECRET_FILE.read_text().strip()  # the key a demo-mode gateway kept
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"cannot mint a token: {exc}", file=sys.stderr)
+        return 2
+    if settings.demo_key_generated or settings.authenticator.signing_key is None:
+        print("no key: set JWT_SECRET (or JWT_PRIVATE_KEY with RS256/ES256), or start the gateway in demo mode "
+              "first (make run)", file=sys.stderr)
         return 2
     claims = {}
     if args.bots:
         claims["bots"] = [b for b in args.bots.split(",") if b]
-    print(mint_token(key, args.user, algorithm=algorithm, ttl=args.ttl, role=args.role,
-                     audience=os.environ.get("JWT_AUDIENCE") or None, issuer=os.environ.get("JWT_ISSUER") or None,
-                     **claims))
+    print(settings.authenticator.mint(args.user, ttl=args.ttl, role=args.role, **claims))
     return 0
 
 

@@ -71,7 +71,7 @@ class WorkerPool:
         self._watchers: list[gevent.Greenlet] = []
 
     def port_of(self, index: int) -> int:
-        return self.settings.worker_ports_from + index
+        return self.settings.own_port(index)
 
     def start(self, ready_timeout: float = 30.0) -> None:
         """Start every worker and wait until each answers HTTP on its own port."""
@@ -157,7 +157,7 @@ class WorkerPool:
             return 2 if any(proc.returncode == 2 for proc in self.procs.values()) else 1
         log.info("listening on http://%s:%d (websocket path %s) with %d workers; worker i alone on port %d + i",
                  self.settings.host, self.settings.port, self.settings.ws_path, self.settings.workers,
-                 self.settings.worker_ports_from)
+                 self.settings.own_port(0))
         done = Event()
         result: list[int] = []
 

@@ -18,11 +18,11 @@ FAKE_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBsYWNlaG9s
 def capture():
     stream = io.StringIO()
     yield stream
-    configure_logging({"LOG_LEVEL": "WARNING"})
+    configure_logging(level="WARNING")
 
 
 def test_text_format_carries_fields(capture):
-    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    configure_logging("text", stream=capture)
     logging.getLogger("t").warning("child failed", extra={"fields": {"child_id": "x", "msg": "two words"}})
     line = capture.getvalue().strip()
     assert line.endswith('WARNING t child failed child_id=x msg="two words"')
@@ -30,24 +30,24 @@ def test_text_format_carries_fields(capture):
 
 def test_text_format_leaves_out_empty_fields_and_json_keeps_them(capture):
     fields = {"event": "restart_scheduled", "phase": None, "exc_type": None, "delay_s": 0.25, "note": ""}
-    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    configure_logging("text", stream=capture)
     logging.getLogger("t").info("child restarted", extra={"fields": fields})
     assert capture.getvalue().strip().endswith("INFO t child restarted event=restart_scheduled delay_s=0.25")
     capture.seek(0), capture.truncate()
-    configure_logging({"LOG_FORMAT": "json"}, stream=capture)
+    configure_logging("json", stream=capture)
     logging.getLogger("t").info("child restarted", extra={"fields": fields})
     record = json.loads(capture.getvalue())
     assert record["phase"] is None and record["exc_type"] is None and record["delay_s"] == 0.25
 
 
 def test_a_password_in_a_url_is_redacted(capture):
-    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    configure_logging("text", stream=capture)
     logging.getLogger("t").error("redis unreachable at %s", "redis://:placeholder-pw@10.0.0.5:6379/0")
     assert capture.getvalue().strip().endswith("redis unreachable at redis://:[redacted]@10.0.0.5:6379/0")
 
 
 def test_json_format_is_one_object_per_line(capture):
-    configure_logging({"LOG_FORMAT": "json"}, stream=capture)
+    configure_logging("json", stream=capture)
     logging.getLogger("t").info("hello", extra={"fields": {"n": 3}})
     record = json.loads(capture.getvalue())
     assert record["msg"] == "hello" and record["n"] == 3 and record["level"] == "INFO"
@@ -60,7 +60,7 @@ def test_json_format_is_one_object_per_line(capture):
     f"token was {FAKE_TOKEN}",
 ])
 def test_tokens_never_reach_a_line(capture, text):
-    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    configure_logging("text", stream=capture)
     logging.getLogger("geventwebsocket.handler").warning(text)
     logging.getLogger("any").warning("%s", text)
     out = capture.getvalue()
@@ -69,7 +69,7 @@ def test_tokens_never_reach_a_line(capture, text):
 
 
 def test_pykka_traceback_of_an_expected_failure_is_left_out(capture):
-    configure_logging({"LOG_FORMAT": "text"}, stream=capture)
+    configure_logging("text", stream=capture)
     pykka_log = logging.getLogger("pykka")
     for exc in (ExpectedFailure("exchange closed"), ValueError("a real bug")):
         try:
