@@ -111,7 +111,7 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
     ProcessCollector(registry=r)
     PlatformCollector(registry=r)
     GCCollector(registry=r)
-    m = dict(
+    m: dict[str, Any] = dict(
         registry=r,
         connections=Gauge("ws_connections", "Open WebSocket connections by state", ["state"], registry=r),
         connections_opened=Counter("ws_connections_opened", "WebSocket connections accepted", registry=r),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.types import Options
 
 __all__ = ["AuthError", "Authenticator", "Principal", "mint_token"]
 
@@ -60,7 +61,7 @@ class Authenticator:
             raise AuthError("missing", "a token is required (?token= or the bearer subprotocol)")
         if token.count(".") != 2 or len(token) > 8192:
             raise AuthError("malformed", "the token is not a JWT")
-        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        options: Options = {"require": ["exp", "sub"]}
         try:
             claims = jwt.decode(
                 token, self.verify_key, algorithms=list(self.algorithms), audience=self.audience,
