@@ -1,8 +1,8 @@
 """Restart latency: from a child's failure to its next incarnation running.
 
 A supervised actor raises in a tell handler; the clock starts just before
-the raise and stops when the supervisor announces the next incarnation up
-(``ChildUp``, after its ``on_start``). The backoff is the minimum (``base``
+the raise and stops when the supervisor logs the next incarnation up (its
+``restarted`` decision line, after the new ``on_start``). The backoff is the minimum (``base``
 0, ``floor`` from ``--floor``, default 0), so what is measured is the
 machinery: pykka's failure path, the exit report, one decision, the timer,
 the factory, ``on_start``, the start report. Logging is on (text format to
@@ -15,6 +15,7 @@ the factory, ``on_start``, the start report. Logging is on (text format to
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 import statistics
@@ -26,16 +27,24 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import gevent.event
 
 from gateway.logs import configure_logging
-from supervision import (
-    ChildSpec,
-    ChildUp,
-    RestartPolicy,
-    SupervisedActor,
-    Supervisor,
-    SupervisorPolicy,
-)
+from supervision import ChildSpec, RestartPolicy, SupervisedActor, Supervisor, SupervisorPolicy
 
 failed_at: list[float] = []
+
+
+class UpAt(logging.Handler):
+    """When each incarnation came up, from the supervisor's decision lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[int, float] = {}
+        self.changed = gevent.event.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", {})
+        if fields.get("event") in ("child_started", "restarted"):
+            self.at[fields["incarnation"]] = time.perf_counter()
+            self.changed.set()
 
 
 class Crasher(SupervisedActor):
@@ -52,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with open(os.devnull, "w") as devnull:
-        configure_logging({"LOG_LEVEL": "INFO"}, stream=devnull)
+        configure_logging("text", "INFO", stream=devnull)
         latencies = run(args.restarts, args.floor)
 
     latencies_ms = sorted(x * 1000 for x in latencies)
@@ -65,30 +74,25 @@ def main() -> None:
 def run(restarts: int, floor: float) -> list[float]:
     policy = RestartPolicy(base=0.0, cap=max(floor, 0.001), floor=floor, cooldown=max(floor, 0.001),
                            reset_after=0.0, max_failures=10**9, heartbeat_every=None)
+    up = UpAt()
+    decisions = logging.getLogger("gateway.supervisor")
+    decisions.addHandler(up)
     supervisor = Supervisor("bench", policy=SupervisorPolicy(intensity=10**9), on_escalate=print)
-    up_at: dict[int, float] = {}
-    changed = gevent.event.Event()
-
-    def watcher(event):
-        if isinstance(event, ChildUp):
-            up_at[event.incarnation] = time.perf_counter()
-            changed.set()
-
-    supervisor.watch(watcher, "crasher")
     handle = supervisor.start_child(ChildSpec("crasher", "bench", Crasher.start, policy=policy))
     latencies = []
     try:
         for incarnation in range(1, restarts + 2):
-            while incarnation not in up_at:
-                changed.clear()
-                if not changed.wait(5.0):
+            while incarnation not in up.at:
+                up.changed.clear()
+                if not up.changed.wait(5.0):
                     raise SystemExit(f"incarnation {incarnation} never came up")
             if incarnation > 1:
-                latencies.append(up_at[incarnation] - failed_at[incarnation - 2])
+                latencies.append(up.at[incarnation] - failed_at[incarnation - 2])
             if incarnation <= restarts:
                 handle.tell("crash")
     finally:
         supervisor.shutdown(1.0)
+        decisions.removeHandler(up)
     return latencies
 
 

@@ -1,8 +1,9 @@
 """The supervisor with real gevent actors: every way a child dies, the restart, redelivery, logs and shutdown.
 
 Time is a FakeScheduler (no waiting for backoffs) except where real time is
-the point (shutdown bounds, the production scheduler). Tests wait on
-lifecycle events with timeouts, never on sleeps.
+the point (shutdown bounds, the production scheduler). Tests wait, with
+timeouts and never on sleeps, for the decision lines an operator reads
+(tests/supervision_doubles.py's Lifecycle).
 """
 
 from __future__ import annotations
@@ -25,17 +26,8 @@ from prometheus_client import CollectorRegistry
 from actors.runtime import ActorKilled
 from gateway.logs import JsonFormatter, TextFormatter
 from metrics.definitions import build
-from supervision import (
-    ChildDown,
-    ChildSpec,
-    ChildUp,
-    FakeScheduler,
-    Restart,
-    RestartPolicy,
-    SupervisedActor,
-    Supervisor,
-    SupervisorPolicy,
-)
+from supervision import ChildSpec, RestartPolicy, SupervisedActor, Supervisor, SupervisorPolicy
+from tests.supervision_doubles import Down, FakeScheduler, Lifecycle
 
 QUIET = RestartPolicy(heartbeat_every=None)  # no pings unless a test is about them
 START_WALL = 1_790_000_000.0  # 2026-09-21T14:13:20Z, FakeScheduler's default
@@ -106,37 +98,6 @@ class Stream(Worker):
     healthy_on_start = False
 
 
-class Events:
-    """A watcher that records lifecycle events and lets a test wait for one."""
-
-    def __init__(self):
-        self.items = []
-        self._changed = gevent.event.Event()
-
-    def __call__(self, event):
-        self.items.append(event)
-        self._changed.set()
-
-    def wait_for(self, predicate, timeout=1.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            self._changed.clear()
-            for event in self.items:
-                if predicate(event):
-                    return event
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._changed.wait(remaining):
-                raise AssertionError(f"no matching event in {self.items}")
-
-    def up(self, child_id, incarnation):
-        return self.wait_for(lambda e: isinstance(e, ChildUp) and e.child_id == child_id
-                             and e.incarnation == incarnation)
-
-    def down(self, child_id, incarnation):
-        return self.wait_for(lambda e: isinstance(e, ChildDown) and e.child_id == child_id
-                             and e.incarnation == incarnation)
-
-
 @pytest.fixture
 def clock():
     return FakeScheduler()
@@ -176,15 +137,21 @@ def caplog_sup(caplog):
     return caplog
 
 
+@pytest.fixture
+def events(caplog_sup):
+    """The children's ups and downs, from the decision lines."""
+    lifecycle = Lifecycle().install()
+    yield lifecycle
+    lifecycle.remove()
+
+
 def decisions(caplog, event):
     return [r for r in caplog.records
             if r.name == "gateway.supervisor" and getattr(r, "fields", {}).get("event") == event]
 
 
-def worker(child_id, script, *, kind="worker", policy=QUIET, restart=Restart.PERMANENT, static=True,
-           actor=Worker):
-    return ChildSpec(child_id, kind, lambda ctx: actor.start(ctx, script), restart=restart, policy=policy,
-                     static=static)
+def worker(child_id, script, *, kind="worker", policy=QUIET, actor=Worker):
+    return ChildSpec(child_id, kind, lambda ctx: actor.start(ctx, script), policy=policy, static=True)
 
 
 def sample(metrics, name, **labels):
@@ -194,7 +161,7 @@ def sample(metrics, name, **labels):
 @dataclass
 class World:
     supervisor: Supervisor
-    events: Events
+    events: Lifecycle
     handle: object  # the victim's ChildHandle
     victim: Script
     other: object  # the bystander's ChildHandle
@@ -213,7 +180,7 @@ class World:
         self.other.tell("still here")
         assert self.other.ask("sync", timeout=1) == 1
         assert self.bystander.received == [(1, "still here")]
-        assert not [e for e in self.events.items if isinstance(e, ChildDown) and e.child_id == "bystander"]
+        assert not [e for e in self.events.items if isinstance(e, Down) and e.child_id == "bystander"]
 
 
 VICTIM = "exchange:bybit:spot"
@@ -227,11 +194,9 @@ def first_restart_line(what, uptime="0.0s", at=FIRST_RETRY_AT, child_id=VICTIM):
 
 
 @pytest.fixture
-def world(make_supervisor, clock):
-    """A supervisor with a victim and a bystander, both up, watched."""
+def world(make_supervisor, clock, events):
+    """A supervisor with a victim and a bystander, both up."""
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     victim, bystander = Script(), Script()
     handle = supervisor.start_child(worker(VICTIM, victim, kind="exchange_stream"))
     other = supervisor.start_child(worker("bystander", bystander))
@@ -266,6 +231,8 @@ def test_tell_failure_restarts_redelivers_in_order_and_logs_one_exact_line(world
     assert (down.phase, down.exc_type) == ("receive", "ValueError")
     assert world.handle.tell("d")  # stashed while it backs off
     assert world.supervisor.status()["children"][0]["state"] == "backing_off"
+    with pytest.raises(pykka.ActorDeadError):  # an ask is not stashed: it fails while the child is down
+        world.handle.ask("sync", timeout=1)
 
     clock.advance(down.restart_in)
     world.events.up(VICTIM, 2)
@@ -295,10 +262,9 @@ def test_tell_failure_restarts_redelivers_in_order_and_logs_one_exact_line(world
     assert sample(metrics, "ws_supervisor_backoff_seconds", child_id="exchange:bybit:spot") == 0
 
 
-def test_on_start_failure_is_seen_and_queued_tells_reach_the_next_incarnation(make_supervisor, clock, caplog_sup):
+def test_on_start_failure_is_seen_and_queued_tells_reach_the_next_incarnation(make_supervisor, clock, events,
+                                                                               caplog_sup):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     script, bystander = Script(start_failures=1), Script()
     other = supervisor.start_child(worker("bystander", bystander))
     handle = supervisor.start_child(worker("w", script))
@@ -391,10 +357,8 @@ def test_killed_busy_greenlet_is_restarted(world, caplog_sup, via):
     world.assert_bystander_untouched()
 
 
-def test_hung_child_is_killed_on_a_missed_pong_and_restarted(make_supervisor, clock, caplog_sup, metrics):
+def test_hung_child_is_killed_on_a_missed_pong_and_restarted(make_supervisor, clock, events, caplog_sup, metrics):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     beating = RestartPolicy(heartbeat_every=1.0, hung_after=0.5)
     script, bystander = Script(), Script()
     handle = supervisor.start_child(worker("w", script, policy=beating))
@@ -422,14 +386,12 @@ def test_hung_child_is_killed_on_a_missed_pong_and_restarted(make_supervisor, cl
     World(supervisor, events, handle, script, other, bystander, clock).assert_bystander_untouched()
 
 
-# --- stash, restart types, watchers ----------------------------------------------------------------
+# --- stash, health, factories ----------------------------------------------------------------------
 
 
-def test_stash_is_bounded_drops_are_counted_and_the_rest_arrive_in_order(make_supervisor, clock, caplog_sup,
+def test_stash_is_bounded_drops_are_counted_and_the_rest_arrive_in_order(make_supervisor, clock, events, caplog_sup,
                                                                          metrics):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     script = Script()
     handle = supervisor.start_child(worker("w", script, policy=RestartPolicy(heartbeat_every=None,
                                                                                stash_capacity=3)))
@@ -451,44 +413,8 @@ def test_stash_is_bounded_drops_are_counted_and_the_rest_arrive_in_order(make_su
     assert supervisor.status()["children"][0]["stash_dropped"] == 2
 
 
-def test_temporary_connection_is_not_restarted_and_forgotten(make_supervisor, caplog_sup, metrics):
+def test_gevent_timeout_escaping_on_start_is_a_start_failure(make_supervisor, clock, events, caplog_sup):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
-    handle = supervisor.start_child(worker("conn:1", Script(), kind="connection", restart=Restart.TEMPORARY,
-                                           static=False))
-    events.up("conn:1", 1)
-    handle.tell("boom")
-    assert events.down("conn:1", 1).restart_in is None
-    supervisor.flush()
-    assert not handle.tell("anyone?")
-    assert supervisor.status()["children"] == []
-    (record,) = decisions(caplog_sup, "child_failed")
-    assert record.getMessage() == "child conn:1 failed (ValueError: boom) after 0.0s; not restarted (temporary)"
-    assert sample(metrics, "ws_supervisor_child_failures_total", kind="connection", reason="ValueError") == 1
-    assert sample(metrics, "ws_supervisor_restarts_total", kind="connection", reason="ValueError") == 0
-
-
-def test_transient_channel_restarts_on_failure_but_not_on_normal_exit(make_supervisor, clock):
-    supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events, "channel:trades")
-    handle = supervisor.start_child(worker("channel:trades", Script(), kind="channel",
-                                           restart=Restart.TRANSIENT, static=False))
-    events.up("channel:trades", 1)
-    handle.tell("boom")
-    clock.advance(events.down("channel:trades", 1).restart_in)
-    events.up("channel:trades", 2)
-    handle.tell("stop-self")
-    assert events.down("channel:trades", 2).restart_in is None
-    supervisor.flush()
-    assert supervisor.status()["children"] == []
-
-
-def test_gevent_timeout_escaping_on_start_is_a_start_failure(make_supervisor, clock, caplog_sup):
-    supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     script = Script(start_timeouts=1)
     handle = supervisor.start_child(worker("w", script))
     down = events.down("w", 1)
@@ -501,27 +427,8 @@ def test_gevent_timeout_escaping_on_start_is_a_start_failure(make_supervisor, cl
                                                      child_id="w")
 
 
-def test_dependents_watch_through_a_handle_and_see_the_gap(world):
-    world.supervisor.watch(world.other, VICTIM)  # e.g. a channel watching its exchange stream
-    world.handle.tell("boom")
-    world.restarted("receive", "ValueError")
-    world.other.ask("sync", timeout=1)
-    assert [message for _, message in world.bystander.received] == [
-        ChildUp(VICTIM, "exchange_stream", 1),  # the current state, at once
-        ChildDown(VICTIM, "exchange_stream", 1, "receive", "ValueError", pytest.approx(0.11898, abs=1e-5)),
-        ChildUp(VICTIM, "exchange_stream", 2),
-    ]
-    world.supervisor.unwatch(world.other, VICTIM)
-    world.handle.tell("boom")
-    world.events.down(VICTIM, 2)
-    assert world.other.ask("sync", timeout=1) == 1
-    assert len(world.bystander.received) == 3
-
-
-def test_a_stream_reporting_healthy_in_on_start_is_healthy_once_up(make_supervisor, clock):
+def test_a_stream_reporting_healthy_in_on_start_is_healthy_once_up(make_supervisor, clock, events):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     supervisor.start_child(worker("s", Script(healthy_in_on_start=True), actor=Stream))
     supervisor.start_child(worker("t", Script(), actor=Stream))
     events.up("s", 1)
@@ -530,38 +437,8 @@ def test_a_stream_reporting_healthy_in_on_start_is_healthy_once_up(make_supervis
     assert [c["healthy"] for c in supervisor.status(dynamic=False)["children"]] == [True, False]
 
 
-def test_removing_a_child_while_it_backs_off_cancels_its_restart(world, clock):
-    world.handle.tell("boom")
-    down = world.events.down(VICTIM, 1)
-    world.supervisor.remove_child(VICTIM)
-    world.events.wait_for(lambda e: isinstance(e, ChildDown) and e.child_id == VICTIM and e.restart_in is None)
-    clock.advance(down.restart_in)
-    world.supervisor.flush()
-    assert not [e for e in world.events.items if isinstance(e, ChildUp) and e.incarnation == 2]
-    assert [c["child_id"] for c in world.supervisor.status()["children"]] == ["bystander"]
-
-
-def test_a_late_watcher_still_learns_of_a_death(world):
-    world.handle.tell("boom")
-    world.events.down(VICTIM, 1)
-    late = Events()
-    world.supervisor.watch(late, VICTIM)
-    assert late.down(VICTIM, 1).restart_in > 0
-    assert [type(e) for e in late.items] == [ChildDown]
-
-
-def test_removed_child_stops_for_good(world):
-    world.supervisor.remove_child(VICTIM)
-    assert world.events.down(VICTIM, 1).restart_in is None
-    world.supervisor.flush()
-    assert not world.handle.tell("x")
-    assert [c["child_id"] for c in world.supervisor.status()["children"]] == ["bystander"]
-
-
-def test_factory_that_does_not_start_a_supervised_actor_is_a_start_failure(make_supervisor):
+def test_factory_that_does_not_start_a_supervised_actor_is_a_start_failure(make_supervisor, events):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     supervisor.start_child(ChildSpec("bad", "worker", lambda ctx: None, policy=QUIET))
     down = events.down("bad", 1)
     assert (down.phase, down.exc_type) == ("start", "TypeError")
@@ -572,18 +449,16 @@ def test_factory_that_does_not_start_a_supervised_actor_is_a_start_failure(make_
 # --- circuit, escalation, health ------------------------------------------------------------------
 
 
-def test_circuit_opens_after_10_failures_and_the_first_healthy_report_closes_it(make_supervisor, clock,
+def test_circuit_opens_after_10_failures_and_the_first_healthy_report_closes_it(make_supervisor, clock, events,
                                                                                 caplog_sup, metrics):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     script = Script(start_failures=10)
     handle = supervisor.start_child(worker("exchange:bybit:linear", script, kind="exchange_stream",
                                            actor=Stream))
     for incarnation in range(1, 10):
         clock.advance(events.down("exchange:bybit:linear", incarnation).restart_in)
-    cooldown = events.down("exchange:bybit:linear", 10).restart_in
-    assert 30.0 <= cooldown <= 60.0
+    cooling = events.down("exchange:bybit:linear", 10)
+    assert 30.0 <= cooling.delay_s <= 60.0
     (opened,) = decisions(caplog_sup, "circuit_opened")
     assert opened.levelno == logging.ERROR
     assert opened.getMessage().startswith(
@@ -593,8 +468,8 @@ def test_circuit_opens_after_10_failures_and_the_first_healthy_report_closes_it(
     child = supervisor.status()["children"][0]
     assert (child["state"], child["circuit"]) == ("circuit_open", "open")
     assert sample(metrics, "ws_supervisor_circuit_state", child_id="exchange:bybit:linear") == 2
-    assert sample(metrics, "ws_supervisor_backoff_seconds", child_id="exchange:bybit:linear") == round(cooldown, 3)
-    clock.advance(cooldown)
+    assert sample(metrics, "ws_supervisor_backoff_seconds", child_id="exchange:bybit:linear") == cooling.delay_s
+    clock.advance(cooling.restart_in)
     events.up("exchange:bybit:linear", 11)
     assert supervisor.status()["children"][0]["circuit"] == "half_open"
     assert not supervisor.healthy()
@@ -610,27 +485,23 @@ def test_circuit_opens_after_10_failures_and_the_first_healthy_report_closes_it(
     assert sample(metrics, "ws_supervisor_circuit_state", child_id="exchange:bybit:linear") == 0
 
 
-def test_circuit_open_is_visible_in_status_while_cooling_down(make_supervisor, clock):
+def test_circuit_open_is_visible_in_status_while_cooling_down(make_supervisor, clock, events):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     supervisor.start_child(worker("w", Script(start_failures=5), policy=RestartPolicy(
         heartbeat_every=None, max_failures=2, cooldown=60.0)))
     clock.advance(events.down("w", 1).restart_in)
     down = events.down("w", 2)
-    assert 30.0 <= down.restart_in <= 60.0
+    assert 30.0 <= down.delay_s <= 60.0
     child = supervisor.status()["children"][0]
     assert (child["state"], child["circuit"]) == ("circuit_open", "open")
-    assert child["backoff_s"] == round(down.restart_in, 3) and child["next_attempt_at"].endswith("Z")
+    assert child["backoff_s"] == down.delay_s and child["next_attempt_at"].endswith("Z")
     json.dumps(supervisor.status())
 
 
-def test_too_many_restarts_across_the_tree_escalate(make_supervisor, escalations, caplog_sup, metrics):
+def test_too_many_restarts_across_the_tree_escalate(make_supervisor, escalations, events, caplog_sup, metrics):
     escalated = gevent.event.Event()
     supervisor = make_supervisor(policy=SupervisorPolicy(intensity=2, period=10.0),
                                  on_escalate=lambda reason: (escalations.append(reason), escalated.set()))
-    events = Events()
-    supervisor.watch(events)
     handles = [supervisor.start_child(worker(f"w{i}", Script())) for i in range(3)]
     for i, handle in enumerate(handles):
         events.up(f"w{i}", 1)
@@ -648,41 +519,52 @@ def test_too_many_restarts_across_the_tree_escalate(make_supervisor, escalations
 # --- shutdown --------------------------------------------------------------------------------------
 
 
-def test_shutdown_stops_in_reverse_order_and_a_hung_child_cannot_hold_it(make_supervisor, caplog_sup):
+def test_shutdown_stops_in_reverse_order_and_a_hung_child_cannot_hold_it(make_supervisor, events, caplog_sup):
     supervisor = make_supervisor()
-    events = Events()
-    supervisor.watch(events)
     order = Script()
     slow = Script(slow_stop=True, stopped=order.stopped)
     actors = []
-    for child_id, script, static in (("a", order, True), ("b", slow, True), ("c", order, True),
-                                     ("conn:1", order, False), ("conn:2", order, False)):
-        supervisor.start_child(worker(child_id, script, static=static,
-                                      restart=Restart.PERMANENT if static else Restart.TEMPORARY))
+    for child_id, script in (("a", order), ("b", slow), ("c", order)):
+        supervisor.start_child(worker(child_id, script))
         events.up(child_id, 1)
         actors.append(supervisor._slots[child_id].actor)
     started = time.monotonic()
     supervisor.shutdown(timeout_per_child=0.2)
     elapsed = time.monotonic() - started
     assert elapsed < 0.6
-    assert sorted(order.stopped[:2]) == ["conn:1", "conn:2"]  # dynamic children together, first
-    assert order.stopped[2:] == ["c", "b", "a"]
+    assert order.stopped == ["c", "b", "a"]
     assert all(actor.actor_greenlet.dead for actor in actors)
     (killed,) = decisions(caplog_sup, "shutdown_killed")
     assert killed.getMessage() == "child b incarnation 1 did not stop within 0.2s; killing its greenlet"
+    (stopped,) = [r for r in decisions(caplog_sup, "child_stopped") if r.fields["child_id"] == "b"]
+    assert stopped.getMessage() == (
+        "child b was killed (ShutdownTimeout: did not stop within 0.2s) after 0.0s; shutdown")  # the fake clock
     (complete,) = decisions(caplog_sup, "shutdown_complete")
-    assert complete.fields["killed"] == 1 and complete.fields["children"] == 5
+    assert complete.fields["killed"] == 1 and complete.fields["children"] == 3
     assert not supervisor.healthy()
+
+
+def test_shutdown_while_a_child_backs_off_cancels_its_restart_and_drops_its_stash(world, clock, caplog_sup,
+                                                                                   metrics):
+    world.handle.tell("boom")
+    down = world.events.down(VICTIM, 1)
+    assert world.handle.tell("stashed")
+    world.supervisor.shutdown(timeout_per_child=0.2)
+    clock.advance(down.restart_in)
+    assert not [e for e in world.events.items if e.child_id == VICTIM and e.incarnation == 2]
+    (stopped,) = [r for r in decisions(caplog_sup, "child_stopped") if r.fields["child_id"] == VICTIM]
+    assert stopped.getMessage() == "child exchange:bybit:spot stopped while down (shutdown)"
+    assert not world.handle.tell("too late")
+    assert sample(metrics, "ws_supervisor_stash_dropped_total", kind="exchange_stream", reason="not_restarted") == 2
+    assert world.bystander.stopped == ["bystander"]
 
 
 # --- the production scheduler, and the two log formats ---------------------------------------------
 
 
-def test_real_clock_restart_and_log_formats(caplog_sup):
+def test_real_clock_restart_and_log_formats(events, caplog_sup):
     supervisor = Supervisor("root", rng=random.Random(1), on_escalate=pytest.fail)
     try:
-        events = Events()
-        supervisor.watch(events)
         script = Script()
         fast = RestartPolicy(base=0.001, cap=0.01, floor=0.001, heartbeat_every=None)
         handle = supervisor.start_child(worker("w", script, policy=fast))

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervision import (
-    ChildDown,
+from _supervision.core import (
     ChildSpec,
-    ChildUp,
+    DropStash,
     Escalate,
     Failure,
-    Forget,
     HeartbeatDue,
     Kill,
     Log,
-    Notify,
     PongDue,
-    Restart,
     RestartDue,
     RestartPolicy,
     Schedule,
@@ -31,8 +29,8 @@ from supervision import (
     StopDue,
     SupervisorCore,
     SupervisorPolicy,
-    render,
 )
+from _supervision.decision_log import render
 
 BOOM = Failure("receive", "ValueError", "boom", "ValueError")
 NO_HEARTBEAT = RestartPolicy(heartbeat_every=None)
@@ -43,8 +41,8 @@ LOG_KEYS = {
 }
 
 
-def spec(child_id="exchange:bybit:spot", restart=Restart.PERMANENT, policy=NO_HEARTBEAT, static=True):
-    return ChildSpec(child_id, "exchange_stream", lambda ctx: None, restart=restart, policy=policy, static=static)
+def spec(child_id="exchange:bybit:spot", policy=NO_HEARTBEAT):
+    return ChildSpec(child_id, "exchange_stream", lambda ctx: None, policy=policy, static=True)
 
 
 def of(effects, kind):
@@ -162,8 +160,6 @@ def test_a_failure_schedules_a_jittered_restart_and_logs_one_line():
         "child exchange:bybit:spot failed (ConnectionResetError: reset by peer) after 12.3s; restart 1 in 0.12s "
         "at 2026-09-21T14:15:12.419Z (window 1/10 in 600s)"
     )
-    assert only(effects, Notify).event == ChildDown("exchange:bybit:spot", "exchange_stream", 1, "receive",
-                                                    "ConnectionResetError", expected_delay)
     assert only(effects, Schedule) == Schedule(expected_delay, RestartDue("exchange:bybit:spot", 1))
 
 
@@ -176,7 +172,6 @@ def test_restart_spawns_the_next_incarnation_and_reports_recovery_when_up():
     assert line.event == "restarted"
     assert line.fields["incarnation"] == 2 and line.fields["restarts"] == 1
     assert line.fields["down_s"] == 0.1  # the floor: Random(1) draws below it
-    assert only(effects, Notify).event == ChildUp("exchange:bybit:spot", "exchange_stream", 2)
     assert core.status(child.now)["children"][0]["state"] == "running"
 
 
@@ -310,32 +305,7 @@ def test_escalates_exactly_when_tree_restarts_exceed_intensity_in_period(failure
         core.started(cid, child.inc, now, healthy=False)
 
 
-# --- restart types ------------------------------------------------------------------------
-
-
-def test_temporary_child_is_never_restarted_and_is_forgotten():
-    core = SupervisorCore()
-    child = Child(core, spec("conn:42", Restart.TEMPORARY, static=False))
-    effects = child.fail(after=3.25)
-    line = decision(effects)
-    assert line.event == "child_failed"
-    assert render(line.event, line.fields) == (
-        "child conn:42 failed (ValueError: boom) after 3.2s; not restarted (temporary)")
-    assert only(effects, Notify).event.restart_in is None
-    assert of(effects, Schedule) == [] and of(effects, Forget) == [Forget("conn:42")]
-    assert core.status(child.now)["children"] == []
-
-
-def test_transient_child_restarts_after_a_failure_but_not_after_a_normal_exit():
-    core = SupervisorCore()
-    child = Child(core, spec("channel:trades:BTCUSDT", Restart.TRANSIENT, static=False))
-    assert decision(child.fail()).event == "restart_scheduled"
-    child.restart()
-    effects = child.fail(after=2.0, failure=None)
-    assert decision(effects).event == "child_stopped"
-    assert render("child_stopped", decision(effects).fields) == (
-        "child channel:trades:BTCUSDT stopped after 2.0s (exited normally)")
-    assert of(effects, Schedule) == []
+# --- restart: always ----------------------------------------------------------------------
 
 
 def test_permanent_child_restarts_even_after_a_normal_exit():
@@ -384,21 +354,42 @@ def test_heartbeat_pings_and_a_missing_pong_kills_and_restarts_as_hung():
     assert (line.fields["phase"], line.fields["reason"], line.fields["pending"]) == ("hung", "hung", 3)
 
 
-def test_remove_stops_then_kills_after_the_timeout():
+def test_adding_a_child_twice_is_refused():
     core = SupervisorCore()
-    child = Child(core, spec("conn:7", Restart.TEMPORARY, static=False))
-    effects = core.remove("conn:7", 1.0, timeout=0.5)
-    assert effects == [Stop("conn:7", 1), Schedule(0.5, StopDue("conn:7", 1))]
-    effects = core.timer(StopDue("conn:7", 1), 1.5)
+    Child(core, spec("a"))
+    with pytest.raises(ValueError, match="child 'a' already exists"):
+        core.add(spec("a"), 1.0)
+
+
+def test_shutdown_stops_a_child_then_kills_it_after_the_timeout():
+    core = SupervisorCore()
+    child = Child(core, spec("a"))
+    assert core.begin_shutdown() == ["a"]
+    assert core.stop("a", 1.0, timeout=0.5) == [Stop("a", 1)]
+    effects = core.timer(StopDue("a", 1), 1.5)
     assert decision(effects).event == "shutdown_killed"
     kill = only(effects, Kill)
-    effects = core.exited("conn:7", 1, 1.5, kill.failure)
+    effects = core.exited("a", 1, 1.5, kill.failure)
     line = decision(effects)
     assert line.event == "child_stopped"
     assert render(line.event, line.fields) == (
-        "child conn:7 was killed (ShutdownTimeout: did not stop within 0.5s) after 1.5s; removed")
-    assert Forget("conn:7") in effects
+        "child a was killed (ShutdownTimeout: did not stop within 0.5s) after 1.5s; shutdown")
+    assert DropStash("a", "exchange_stream") in effects
+    assert core.status(1.5)["children"][0]["state"] == "stopped"
     assert child.inc == 1
+
+
+def test_shutdown_of_a_child_that_backs_off_cancels_its_restart():
+    core = SupervisorCore(rng=random.Random(1))
+    child = Child(core, spec("a"))
+    first = child.fail(after=2.0)
+    core.begin_shutdown()
+    effects = core.stop("a", 2.0, timeout=0.5)
+    line = decision(effects)
+    assert line.event == "child_stopped"
+    assert render(line.event, line.fields) == "child a stopped while down (shutdown)"
+    assert DropStash("a", "exchange_stream") in effects
+    assert core.timer(only(first, Schedule).timer, 3.0) == []
 
 
 def test_shutdown_returns_reverse_start_order_and_nothing_restarts():
@@ -424,3 +415,13 @@ def test_every_decision_line_carries_the_operator_fields_and_status_is_json():
         assert LOG_KEYS <= set(line.fields)
         assert render(line.event, line.fields)
     json.dumps(core.status(child.now))
+
+
+def test_the_core_and_the_decision_log_import_neither_gevent_nor_pykka():
+    package = Path(__file__).resolve().parents[1] / "_supervision"
+    for module in ("core.py", "decision_log.py"):
+        tree = ast.parse((package / module).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {name for name in imported if name.split(".")[0] in ("gevent", "pykka", "actors")}, module
+        assert "_supervision.shell" not in imported, module
