@@ -171,6 +171,7 @@ class ChannelActor(GeventActor):
         outbox = message.outbox
         missed: list[Publication] = []
         recovered: bool | None = None
+        head: Position | None
         try:
             if message.since is None and self.position is not None and self.broker.healthy():
                 # Live on the broker since it started: the last offset delivered is the head (a
@@ -208,9 +209,33 @@ class ChannelActor(GeventActor):
                 self._catch_up(f"offsets {position.offset + 1}-{pub.offset - 1} arrived late or not at all")
                 if self.position is not None and pub.offset <= self.position.offset:
                     return
-        elif position is not None and pub.epoch != position.epoch:
-            # The position before ``pub``, the first message the subscribers get in the new epoch.
-            self._resync("the channel's history restarted", Position(pub.offset - 1, pub.epoch))
+        elif position is None or pub.epoch != position.epoch:
+            # A new history, or none known (joined or resynced while the broker was
+            # away): what this node did not hear of it is in the history.
+            self._new_epoch(pub)
+            return
+        self._send(pub)
+
+    def _new_epoch(self, pub: Publication) -> None:
+        """The history restarted: resync, then everything of the new epoch this node has not sent.
+
+        Publications the broker accepted before this node heard of the new
+        epoch (its subscription was still coming back) are in the new history:
+        they are replayed from its start, so none is lost. When that history
+        is incomplete, the subscribers resync to the position before ``pub``.
+        """
+        reason = "the channel's history restarted"
+        try:
+            fresh, whole = self.broker.history(self.key, Position(0, pub.epoch)) if self.broker else ([], False)
+        except BrokerUnavailable:
+            fresh, whole = [], False
+        if whole and fresh and fresh[-1].offset >= pub.offset:
+            self._resync(reason, Position(0, pub.epoch))
+            for earlier in fresh:
+                if earlier.offset <= pub.offset:
+                    self._send(earlier)
+            return
+        self._resync(reason, Position(pub.offset - 1, pub.epoch))
         self._send(pub)
 
     def _send(self, pub: Publication) -> None:
@@ -231,29 +256,44 @@ class ChannelActor(GeventActor):
 
     def _catch_up(self, reason: str) -> None:
         """Fill a gap from the broker's history, or tell subscribers to resync."""
-        if self.broker is None or self.position is None:
+        if self.broker is None:
             return
+        if self.position is not None:
+            try:
+                missed, recovered = self.broker.history(self.key, self.position)
+            except BrokerUnavailable:
+                missed, recovered = [], False
+            if recovered:
+                for pub in missed:
+                    self._send(pub)
+                return
+        # Our epoch is gone (Redis restarted empty, the history expired), or we
+        # never knew our place. What was published in the current epoch is still
+        # in its history: resync to the start of that epoch and replay it, so
+        # that nothing accepted is lost (publications accepted before this
+        # node's subscription came back).
         try:
-            missed, recovered = self.broker.history(self.key, self.position)
+            head = self.broker.position(self.key)
+            fresh, whole = self.broker.history(self.key, Position(0, head.epoch))
         except BrokerUnavailable:
-            missed, recovered = [], False
-        if recovered:
-            for pub in missed:
+            self._resync(reason)
+            return
+        if whole and (self.position is None or head.epoch != self.position.epoch):
+            self._resync(reason, Position(0, head.epoch))
+            for pub in fresh:
                 self._send(pub)
         else:
-            self._resync(reason)
+            self._resync(reason, head)
 
     def _resync(self, reason: str, head: Position | None = None) -> None:
         """Tell every subscriber to refetch the state and continue from ``head``.
 
-        ``head`` is the position just before the next publication they will be sent
-        (default: the broker's latest offset, whose publications are then not sent).
+        ``head`` is the position just before the next publication they will be sent.
+        None: not known now (the broker cannot be read). The message then carries
+        no position, and the channel does not claim one either: the next
+        publication finds it without one and replays its epoch's history from the
+        start (:meth:`_new_epoch`), rather than skip what it never heard.
         """
-        if head is None:
-            try:
-                head = self.broker.position(self.key) if self.broker is not None else None
-            except BrokerUnavailable:
-                head = None
         frame = _frame(resync_message(self.public_name, head, reason))
         for outbox in self.subscribers.values():
             outbox.push(frame)

@@ -54,6 +54,9 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger("gateway.broker")
 
+# Connections to Redis for commands (publish, history, connection counts), besides the listener's.
+POOL_SIZE = 8
+
 # Seconds between ERROR lines while Redis stays unreachable.
 UNREACHABLE_REPORT_EVERY = 30.0
 
@@ -162,8 +165,13 @@ class RedisBroker:
         self.on_reconnected: Callable[[], None] = lambda: None
         # No retries inside redis-py: a pub/sub connection it reconnected by itself would skip
         # on_reconnected (and so the catch-up), and a retried publish could publish twice.
-        self.redis = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                          health_check_interval=5, retry=Retry(NoBackoff(), 0))
+        # A bounded pool: concurrent publishes wait (cooperatively) for one of
+        # POOL_SIZE connections instead of opening one each; redis-py never closes
+        # idle ones, so an unbounded pool keeps its peak's descriptors for good.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=socket_timeout, socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout, health_check_interval=5, retry=Retry(NoBackoff(), 0))
+        self.redis = redis.Redis(connection_pool=pool)
         self._publish = self.redis.register_script(_PUBLISH)
         self._position = self.redis.register_script(_POSITION)
         self._acquire = self.redis.register_script(_ACQUIRE)

@@ -77,10 +77,18 @@ ClientMessage = Subscribe | Unsubscribe | Ping | Refresh | BotCommand
 
 
 MAX_DEPTH = 32  # objects and arrays nested in one message, the envelope included
+MAX_INT_DIGITS = 4300  # Python's own limit on int(str) (sys.get_int_max_str_digits)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:  # int() refuses these anyway, as a ValueError
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            f"an integer of {len(text.lstrip('-'))} digits: at most {MAX_INT_DIGITS}")
+    return int(text)
 
 
 def _finite(text: str) -> float:
@@ -101,12 +109,13 @@ def decode_json(text: str | bytes) -> Any:
     The one decoder for input (WebSocket messages and the HTTP API): a value
     that parses but could not be encoded again, and so would be
     acknowledged and then lost, is refused here with ``invalid_message``:
-    a number out of range (``1e999``), a lone surrogate escape
-    (``"\\ud800"``, not UTF-8), nesting deeper than :data:`MAX_DEPTH`.
+    a number out of range (``1e999``), an integer longer than
+    :data:`MAX_INT_DIGITS` digits, a lone surrogate escape (``"\\ud800"``,
+    not UTF-8), nesting deeper than :data:`MAX_DEPTH`.
     Text that is not JSON at all is ``invalid_json``.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer)
     except ProtocolError:
         raise
     except (ValueError, RecursionError):
@@ -166,12 +175,17 @@ def _channel(obj: dict[str, Any], rid: str | None) -> Channel:
 def _subscription(obj: dict[str, Any], rid: str | None) -> tuple[Channel, MarketParams | None]:
     channel = _channel(obj, rid)
     if channel is not Channel.MARKET_DATA:
-        # Private channels take no parameters: whose data it is comes from the
-        # token. A client naming a user is told so, not silently ignored.
+        # Only market-data takes parameters. Whose data a private channel carries
+        # comes from the token: a client naming a user is told so (forbidden), and
+        # any other parameter is refused rather than silently ignored.
         data = obj.get("data")
-        if channel in PRIVATE_CHANNELS and isinstance(data, dict) and ("userId" in data or "user" in data):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{channel.value} is private: it always carries "
-                                "the token's own user", request_id=rid, channel=channel.value)
+        if data is not None and data != {}:
+            if channel in PRIVATE_CHANNELS and isinstance(data, dict) and ("userId" in data or "user" in data):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"{channel.value} is private: it always carries "
+                                    "the token's own user", request_id=rid, channel=channel.value)
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{channel.value} takes no parameters"
+                                + (": it always carries the token's own user" if channel in PRIVATE_CHANNELS else ""),
+                                request_id=rid, channel=channel.value)
         return channel, None
     try:
         return channel, parse_market_params(obj.get("data"))

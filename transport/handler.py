@@ -89,6 +89,7 @@ class _Replay(io.RawIOBase):
 
 
 class GatewayHandler(WebSocketHandler):
+    socket: Any  # pywsgi's (gevent) socket, untyped; None once the connection is handed to the gateway
     _timer: gevent.Timeout | None = None
     _fast = False  # this request was read by handle() itself, not by pywsgi
 
@@ -97,6 +98,14 @@ class GatewayHandler(WebSocketHandler):
 
     def handle(self) -> None:
         """Read the first request head; serve a WebSocket upgrade here, give anything else to pywsgi."""
+        # No Nagle, for every connection: pywsgi writes a response's head and body in two
+        # sends, and on a kept-alive connection the second waited for the client's
+        # delayed ACK (about 40 ms per request). Upgraded sockets need it too: the
+        # outbox already coalesces what is queued into one write.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # a peer already gone: the read below finds out
         timer = gevent.Timeout.start_new(self.server.handshake_timeout, HandshakeTimeout)
         try:
             data = self._read_head()
@@ -184,14 +193,11 @@ class GatewayHandler(WebSocketHandler):
         # A bounded kernel send buffer, so WS_QUEUE_BYTES is the real bound on
         # what a client that stops reading can hold up (Linux would grow it to 4 MiB).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        # No Nagle: the outbox already coalesces what is queued into one write, and
-        # Nagle would hold a small frame back while an earlier one is unacknowledged
-        # (up to the client's delayed-ACK timer, 40 ms on Linux).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.status = "101 Switching Protocols"
         if not self._fast:
             self.headers_sent = True
             self.close_connection = True
+            assert self._timer is not None  # set by handle_one_request, which this path runs under
             self._timer.cancel()
             self._timer = None
             self.headers = None
