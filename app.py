@@ -130,7 +130,7 @@ def _listen(host: str, port: int, setting: str, *, reuse_port: bool = False) -> 
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        reasons = {
+        reasons: dict[int | None, str] = {  # exc.errno may be None
             errno.EADDRINUSE: f"port {port} on {host} is already in use ({setting}): "
                               "stop the other process or choose another port",
             errno.EACCES: f"no permission to listen on port {port} ({setting}): ports below 1024 need privileges",
@@ -240,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
                  if settings.demo_mode else "")
     done = gevent.event.Event()
 
+    def shut_down() -> None:
+        system.shutdown()
+        done.set()
+
     def on_signal(signum: int) -> None:
         # Draining first, in the signal's own callback: no request handled after
         # this moment may answer as if the node were still taking clients.
         system.gateway.draining = True
         log.info("received %s", signal.Signals(signum).name)
-        gevent.spawn(lambda: (system.shutdown(), done.set()))
+        gevent.spawn(shut_down)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)

@@ -154,7 +154,7 @@ class UpstreamFrame:
     """A text frame read by the reader greenlet of connection ``conn``."""
 
     conn: int
-    text: str
+    text: str | bytes  # bytes for a binary frame; the protocol's parse takes either
     received: float
 
 
@@ -275,12 +275,13 @@ class ExchangeStreamActor(SupervisedActor):
         self.protocol = protocol
         self.exchange = protocol.name
         self.category = category
+        self._category = Category(category)  # what the protocol takes; the str above labels metrics and messages
         self.settings = settings
         self.bridge = bridge
         self.metrics = metrics
         self.wanted: set[str] = set(wanted)
         self.subscribed: set[str] = set()
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[str | None, _Pending] = {}  # by req_id (OutboundRequest's, which may be None)
         self.awaiting_initial: set[str] = set()
         self.ws: websocket.WebSocket | None = None
         self.conn = next(_conn_ids)
@@ -365,6 +366,7 @@ class ExchangeStreamActor(SupervisedActor):
         ref = self.actor_ref
         inbox = self.actor_inbox
         try:
+            assert ws is not None  # on_start connects before it spawns this loop
             while True:
                 if inbox.qsize() >= INBOX_HIGH:
                     # The actor is behind (a burst): stop reading until it catches up,
@@ -544,12 +546,12 @@ class ExchangeStreamActor(SupervisedActor):
         self.ws.send(text)
 
     def _subscribe(self, topics: tuple[str, ...], attempt: int = 0) -> None:
-        for request in self.protocol.subscribe_requests(topics, self.category, self._next_req_id):
+        for request in self.protocol.subscribe_requests(topics, self._category, self._next_req_id):
             self.pending[request.req_id] = _Pending(tuple(request.topics), "subscribe", time.monotonic(), attempt)
             self._send(request.text)
 
     def _unsubscribe(self, topics: tuple[str, ...]) -> None:
-        for request in self.protocol.unsubscribe_requests(topics, self.category, self._next_req_id):
+        for request in self.protocol.unsubscribe_requests(topics, self._category, self._next_req_id):
             self.pending[request.req_id] = _Pending(tuple(request.topics), "unsubscribe", time.monotonic())
             self._send(request.text)
         self.subscribed.difference_update(topics)
@@ -560,7 +562,7 @@ class ExchangeStreamActor(SupervisedActor):
 
     # -- frames --------------------------------------------------------------------
 
-    def _on_frame(self, text: str, received: float) -> None:
+    def _on_frame(self, text: str | bytes, received: float) -> None:
         self.last_frame = now = time.monotonic()
         try:
             event = self.protocol.parse(text)
@@ -702,7 +704,7 @@ class ExchangeStreamActor(SupervisedActor):
                 self._drop(topic, DropReason.UNSUBSCRIBED, "data for a topic this stream is not subscribed to")
             return
         try:
-            update = self.protocol.normalize(message, self.category)
+            update = self.protocol.normalize(message, self._category)
         except ExchangeProtocolError as exc:
             self._drop(topic, exc.reason, str(exc))
             if topic.startswith("orderbook.") or (topic.startswith("tickers.") and self.category != "spot"):
@@ -737,7 +739,7 @@ class ExchangeStreamActor(SupervisedActor):
             return  # in flight from before the resync (the exchange had not seen the unsubscribe yet)
         book = self.books.get(topic)
         if book is None:
-            book = self.books[topic] = OrderBook(self.category, update.symbol, update.depth)
+            book = self.books[topic] = OrderBook(self._category, update.symbol, update.depth)
         gap = book.apply(update)
         if gap is not None:
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, cast
 
 import gevent
 import gevent.event
@@ -110,6 +111,19 @@ class _StoppedFlag:
         return self._set
 
 
+class Inbox(Protocol):
+    """An actor's inbox as our runtime makes it: pykka's ``ActorInbox`` plus
+    ``qsize`` (``gevent.queue.SimpleQueue`` and :class:`_DemandInbox` have it)."""
+
+    def put(self, envelope: Any, /) -> None: ...
+
+    def get(self) -> Any: ...
+
+    def empty(self) -> bool: ...
+
+    def qsize(self) -> int: ...
+
+
 class _DemandInbox:
     """An inbox that wakes its actor when a message arrives (``on_demand`` actors)."""
 
@@ -117,7 +131,7 @@ class _DemandInbox:
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
-        self.wake: Any = None
+        self.wake: Callable[[], None] | None = None
 
     def put(self, envelope: Any, /) -> None:
         self._items.append(envelope)
@@ -143,6 +157,7 @@ class GeventActor(pykka.Actor):
 
     registered: ClassVar[bool] = True
     on_demand: ClassVar[bool] = False
+    actor_inbox: Inbox
     actor_greenlet: Greenlet | None = None
     _on_start_done = False
 
@@ -157,10 +172,17 @@ class GeventActor(pykka.Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.on_demand:
-            self.actor_stopped = self.actor_ref.actor_stopped = _StoppedFlag()  # type: ignore[assignment]
+            # pykka types actor_stopped as threading.Event and only ever calls set() and is_set()
+            flag = _StoppedFlag()
+            self.actor_stopped = self.actor_ref.actor_stopped = flag  # type: ignore[assignment]  # duck-typed Event
 
-    def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # pykka calls it on the instance
-        return _DemandInbox() if self.on_demand else gevent.queue.SimpleQueue()
+    @classmethod  # pykka declares a staticmethod; on_demand is a ClassVar, so the class is enough
+    def _create_actor_inbox(cls) -> Inbox:
+        return _DemandInbox() if cls.on_demand else gevent.queue.SimpleQueue()
+
+    def _demand_inbox(self) -> _DemandInbox:
+        """The inbox of an ``on_demand`` actor: only it has ``wake``."""
+        return cast(_DemandInbox, self.actor_inbox)
 
     @staticmethod
     def _create_future() -> GeventFuture:
@@ -168,7 +190,7 @@ class GeventActor(pykka.Actor):
 
     def _start_actor_loop(self) -> None:
         if self.on_demand:
-            self.actor_inbox.wake = self._wake
+            self._demand_inbox().wake = self._wake
             if type(self).on_start is pykka.Actor.on_start:
                 self._on_start_done = True  # nothing to run: no greenlet until the first message
             else:
@@ -196,7 +218,7 @@ class GeventActor(pykka.Actor):
         finally:
             self.actor_greenlet = None
             if self.actor_stopped.is_set():
-                self.actor_inbox.wake = None
+                self._demand_inbox().wake = None
                 self._actor_loop_teardown()
 
     def _handle_envelope(self, envelope: Any) -> None:

@@ -15,6 +15,7 @@ process prints it as one line and exits 2 (docs/operations.md).
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import os
 import re
@@ -181,7 +182,8 @@ class _Env:
             raise ConfigError(f"{name} must be {bound}, got {value}")
         return value
 
-    def ms(self, name: str, low: int = 1, default: int | None = None) -> float:
+    # builtins.int: in this class body, ``int`` is the method above
+    def ms(self, name: str, low: builtins.int = 1, default: builtins.int | None = None) -> float:
         return self.int(name, low, default=default) / 1000.0
 
     def items(self, name: str) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ def _error(status: int, code: str, message: str) -> Response:
     return _json({"error": code, "message": message}, status)
 
 
-def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool, Any]]] | None = None,
+def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool | None, Any]]] | None = None,
                stats_sections: list[Callable[[], tuple[str, Any]]] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.register_blueprint(dashboard_blueprint)
@@ -80,6 +80,7 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
     def readyz() -> Response:
         """Readiness: this node takes new clients. Not the exchange, not Redis (docs/operations.md)."""
         alive, detail = gateway.liveness()
+        body: dict[str, Any]
         if gateway.draining:
             body, ok = {"status": "draining", "reason": "shutting down: new connections are refused"}, False
         elif not alive:
@@ -145,6 +146,8 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
             return _error(400, "invalid_message", "body must be a JSON object")
         name, user, data = body.get("channel"), body.get("user"), body.get("data")
         try:
+            if not isinstance(name, str):
+                raise ValueError(name)  # not a channel name, as Channel() would say
             channel = Channel(name)
         except ValueError:
             return _error(400, "unknown_channel", f"unknown channel {str(name)[:40]!r}")

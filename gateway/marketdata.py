@@ -17,6 +17,7 @@ from actors.exchange_stream import ExchangeStreamActor, StreamSettings
 from gateway.config import Settings
 from gateway.hub import Hub
 from market.bybit import BYBIT
+from market.model import Category
 from supervision import ChildSpec, Restart, RestartPolicy, Supervisor
 
 __all__ = ["MarketFeeds"]
@@ -42,7 +43,7 @@ class MarketFeeds:
             return self.simulator.url(category)
         if self.settings.bybit_ws_base:
             return f"{self.settings.bybit_ws_base.rstrip('/')}/{category}"
-        return BYBIT.public_url(category, testnet=self.settings.bybit_testnet)
+        return BYBIT.public_url(Category(category), testnet=self.settings.bybit_testnet)
 
     def start(self) -> None:
         s = self.settings

@@ -161,10 +161,14 @@ class WorkerPool:
         done = Event()
         result: list[int] = []
 
+        def stop_workers() -> None:
+            result.append(self.stop(signal.SIGTERM))
+            done.set()
+
         def on_signal(signum: int) -> None:
             log.info("received %s: stopping the workers", signal.Signals(signum).name)
             if not self.stopping:
-                gevent.spawn(lambda: (result.append(self.stop(signal.SIGTERM)), done.set()))
+                gevent.spawn(stop_workers)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, on_signal, signum)

@@ -916,12 +916,12 @@ class BybitV5Public:
         return public_url(category, testnet)
 
     def subscribe_requests(
-        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+        self, topics: Iterable[Topic | str], category: Category, req_id_factory: Callable[[], str]
     ) -> list[OutboundRequest]:
         return subscribe_requests(topics, category, req_id_factory)
 
     def unsubscribe_requests(
-        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+        self, topics: Iterable[Topic | str], category: Category, req_id_factory: Callable[[], str]
     ) -> list[OutboundRequest]:
         return unsubscribe_requests(topics, category, req_id_factory)
 

@@ -175,15 +175,16 @@ class ExchangeProtocol(Protocol):
         ...
 
     def subscribe_requests(
-        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+        self, topics: Iterable[Topic | str], category: Category, req_id_factory: Callable[[], str]
     ) -> list[OutboundRequest]:
-        """Requests subscribing ``topics`` on the ``category`` endpoint, split
+        """Requests subscribing ``topics`` (:class:`Topic` values or the
+        exchange's own topic names) on the ``category`` endpoint, split
         to the exchange's per-request limit; one ``req_id_factory()`` call per
         request. Raises :class:`ValueError` for a topic the category lacks."""
         ...
 
     def unsubscribe_requests(
-        self, topics: Iterable[Topic], category: Category, req_id_factory: Callable[[], str]
+        self, topics: Iterable[Topic | str], category: Category, req_id_factory: Callable[[], str]
     ) -> list[OutboundRequest]:
         """Like :meth:`subscribe_requests`, for unsubscribing."""
         ...

@@ -151,9 +151,9 @@ def interval_bounds(interval: str, now_ms: int) -> tuple[int, int]:
     """
     if interval == "M":
         now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
-        start = datetime(now.year, now.month, 1, tzinfo=UTC)
-        nxt = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-        return int(start.timestamp() * 1000), int(nxt.timestamp() * 1000) - 1
+        month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
+        next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+        return int(month_start.timestamp() * 1000), int(next_month.timestamp() * 1000) - 1
     if interval == "W":
         monday_offset = 4 * _DAY_MS  # 1970-01-01 was a Thursday; the first Monday is 1970-01-05
         length = 7 * _DAY_MS

@@ -252,7 +252,7 @@ class Outbox:
         frames = self._frames
         if len(frames) == 1:
             return frames.popleft(), 1
-        batch = []
+        batch: list[bytes] = []
         size = 0
         while frames and len(batch) < _BATCH_FRAMES and size < _BATCH_BYTES:
             frame = frames.popleft()

@@ -170,7 +170,8 @@ class WebSocketConnection:
         try:
             for opcode, value in self.reader.feed(data):
                 if opcode == Opcode.TEXT or opcode == Opcode.BINARY:
-                    self._on_message(value)  # type: ignore[misc]
+                    assert self._on_message is not None  # start_reading sets it before any input is read
+                    self._on_message(value)
                 elif opcode == Opcode.PING:
                     if self.ping_rate and not self._ping_allowed():
                         raise FrameError(1008, f"ping flood: more than {self.ping_rate:g} pings a second")
