@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 USER ?= demo
 
-.PHONY: run test lint token bench clean
+.PHONY: run test check lint types imports token bench clean
 
 $(STAMP): setup.cfg
 	python3 -m venv $(VENV)
@@ -18,8 +18,18 @@ run: $(STAMP)          ## the gateway with everything embedded: demo key, simula
 test: $(STAMP)         ## the whole suite
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+check: lint types imports $(STAMP)  ## lint, types, the import contract and the unit tests: well under a minute
+	$(PY) -m pytest -q -m unit -p no:cacheprovider
+
+lint: $(STAMP)         ## ruff
 	$(VENV)/bin/ruff check .
+
+types: $(STAMP)        ## mypy: strict on the pure layers, plain on the rest (settings in pyproject.toml)
+	$(VENV)/bin/mypy --strict protocol market transport/frames.py transport/handshake.py brokers/broker.py metrics
+	$(VENV)/bin/mypy app.py gateway actors transport brokers simulator supervision.py _supervision
+
+imports: $(STAMP)      ## the layers: the contract in tests/test_layers.py (every import, read from the source)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 token: $(STAMP)        ## make token USER=alice [ROLE=service] [BOTS=bot-1,bot-2] [TTL=3600]
 	@$(PY) -m gateway.token '$(USER)' $(if $(ROLE),--role '$(ROLE)') $(if $(BOTS),--bots '$(BOTS)') $(if $(TTL),--ttl '$(TTL)')

@@ -1,4 +1,14 @@
-"""Supervision of the gateway's long-lived actors: restart with backoff, circuit, escalation.
+"""The actor runtime on gevent, and supervision of the long-lived actors: backoff, circuit, escalation.
+
+**The runtime.** :class:`GeventActor` fills pykka 4's three runtime hooks
+with gevent (pykka has no gevent runtime since 3.0), contains
+``BaseException`` in handlers (``gevent.Timeout`` → :class:`HandlerTimeout`,
+``GreenletExit`` → :class:`ActorKilled`: in pykka they would stop every actor
+in the process), and can run actors *on demand* (no idle greenlet).
+:class:`ExpectedFailure` marks a failure the supervisor's line already
+explains. Every actor in the gateway is built on it, supervised or not; it
+lives here because the supervisor is built on it too, and the role actors
+(actors/) sit above both.
 
 pykka has no supervision (jodal/pykka#42), and a stopped pykka actor can never
 be restarted: a restart here is a *new* actor with a new URN and an empty
@@ -41,9 +51,10 @@ straight to the children through their handles::
     supervisor.shutdown(timeout_per_child=5.0)
 
 This module is the public face; the parts live in the private package
-``_supervision``: ``core`` (the pure decision core: policy, state machine,
-effects; no gevent, no pykka, no clock), ``decision_log`` (the operators'
-line) and ``shell`` (gevent and pykka: :class:`Supervisor`,
+``_supervision``: ``runtime`` (the actor runtime above), ``core`` (the pure
+decision core: policy, state machine, effects; no gevent, no pykka, no
+clock), ``decision_log`` (the operators' line) and ``shell`` (gevent and
+pykka: :class:`Supervisor`,
 :class:`SupervisedActor`, :class:`ChildHandle`, the scheduler). The test
 doubles are in tests/supervision_doubles.py.
 """
@@ -51,6 +62,7 @@ doubles are in tests/supervision_doubles.py.
 from __future__ import annotations
 
 from _supervision.core import REASON_TYPES, ChildSpec, Restart, RestartPolicy, SupervisorPolicy
+from _supervision.runtime import ActorKilled, ExpectedFailure, GeventActor, HandlerTimeout
 from _supervision.shell import (
     ChildContext,
     ChildHandle,
@@ -62,9 +74,13 @@ from _supervision.shell import (
 
 __all__ = [
     "REASON_TYPES",
+    "ActorKilled",
     "ChildContext",
     "ChildHandle",
     "ChildSpec",
+    "ExpectedFailure",
+    "GeventActor",
+    "HandlerTimeout",
     "Restart",
     "RestartPolicy",
     "Scheduler",

@@ -53,7 +53,7 @@ from _supervision.core import (
     failure_reason,
 )
 from _supervision.decision_log import LOGGER, emit, iso_utc
-from actors.runtime import ActorKilled, GeventActor, HandlerTimeout
+from _supervision.runtime import ActorKilled, GeventActor, HandlerTimeout
 
 log = logging.getLogger(LOGGER)  # the decision log's logger, for the lines that are not decisions
 
@@ -262,7 +262,7 @@ class SupervisedActor(GeventActor):
         self._collect_pending()  # before pykka drops the queued tells
         super()._actor_loop_teardown()
 
-    def _drain_inbox(self) -> None:  # actors.runtime, after a kill while idle
+    def _drain_inbox(self) -> None:  # _supervision.runtime, after a kill while idle
         self._collect_pending()
 
     def on_greenlet_exit(self, greenlet: Greenlet, *, abnormal: bool) -> None:

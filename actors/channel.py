@@ -43,10 +43,10 @@ from actors.messages import (
     PublishLatest,
     SubscriptionRevoked,
 )
-from actors.runtime import GeventActor
 from brokers.broker import Broker, BrokerUnavailable, Publication
 from protocol.channels import ChannelKey, Position
 from protocol.messages import data_message, resync_message
+from supervision import GeventActor
 from transport.frames import Opcode, encode_frame
 from transport.outbox import Outbox
 
@@ -59,7 +59,7 @@ def _frame(text: str) -> bytes:
 
 class ChannelActor(GeventActor):
     registered = False  # the hub holds every channel; pykka's registry is a linear list
-    on_demand = True  # no idle greenlet per connection/channel (actors/runtime.py)
+    on_demand = True  # no idle greenlet per connection/channel (_supervision/runtime.py)
 
     def __init__(
         self,

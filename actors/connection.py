@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from actors.directory import ConnectionContext, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
-from actors.runtime import GeventActor
 from brokers.broker import BrokerUnavailable
 from metrics.definitions import labelled
 from protocol.auth import AuthError
@@ -48,6 +47,7 @@ from protocol.messages import (
     subscribed_message,
     unsubscribed_message,
 )
+from supervision import GeventActor
 
 if TYPE_CHECKING:
     from transport.socket import WebSocketConnection
@@ -70,7 +70,7 @@ def _now_ms() -> int:
 
 class ConnectionActor(GeventActor):
     registered = False  # the hub's dicts track connections, not pykka's linear registry
-    on_demand = True  # no idle greenlet per connection/channel (actors/runtime.py)
+    on_demand = True  # no idle greenlet per connection/channel (_supervision/runtime.py)
 
     def __init__(self, context: ConnectionContext, session: Session, conn: WebSocketConnection) -> None:
         super().__init__()

@@ -80,7 +80,6 @@ from typing import Any
 import gevent
 import websocket
 
-from actors.runtime import ExpectedFailure
 from market.exchange import (
     DropReason,
     ExchangePong,
@@ -92,7 +91,7 @@ from market.exchange import (
 from market.model import BookUpdate, Category, Kline, TickerUpdate, Trade
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
-from supervision import ChildContext, SupervisedActor
+from supervision import ChildContext, ExpectedFailure, SupervisedActor
 
 __all__ = [
     "BookReset",

@@ -95,7 +95,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class ExpectedFailureFilter(logging.Filter):
-    """Drops pykka's traceback for an :class:`actors.runtime.ExpectedFailure`:
+    """Drops pykka's traceback for an :class:`supervision.ExpectedFailure`:
     the supervisor's decision line already says what failed and what happens next."""
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -52,6 +52,8 @@ from market.model import (
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bybit-v5"
 
 D = Decimal

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.config import INTERNAL, VARIABLES, ConfigError, Settings, unknown_variables
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [v.name for v in VARIABLES]
 GOOD = {"JWT_SECRET": "k" * 40}

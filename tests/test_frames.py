@@ -22,6 +22,8 @@ from transport.frames import (
     unmask,
 )
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 
 @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
 def test_unmask_is_the_rfc_xor(payload, mask):

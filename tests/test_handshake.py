@@ -17,6 +17,8 @@ from transport.handshake import (
     upgrade_response,
 )
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 HEAD = (b"GET /ws?token=abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Protocol: trading.v1\r\nSec-WebSocket-Protocol: bearer.x")

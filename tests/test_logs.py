@@ -8,8 +8,10 @@ import logging
 
 import pytest
 
-from actors.runtime import ExpectedFailure
 from gateway.logs import configure_logging, redact
+from supervision import ExpectedFailure
+
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
 
 FAKE_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXBsYWNlaG9sZGVy"
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from market.model import BookLevel, BookUpdate, Category
 from market.orderbook import BookGap, GapReason, OrderBook
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 D = Decimal
 SPOT = Category.SPOT
 

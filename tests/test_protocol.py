@@ -20,6 +20,8 @@ from protocol.messages import (
     parse,
 )
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 
 def test_subscribe_market_data():
     msg = parse('{"type":"subscribe","channel":"market-data","data":{"symbol":"BTCUSDT"}}')

@@ -8,7 +8,7 @@ import gevent
 import pykka
 import pytest
 
-from actors.runtime import ActorKilled, GeventActor, HandlerTimeout
+from supervision import ActorKilled, GeventActor, HandlerTimeout
 
 
 class Echo(GeventActor):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = {".py", ".md", ".cfg", ".toml", ".yml", ".yaml", ".json", ".js", ".html", ".txt", ".sh", ""}
 # Generated or installed, never written by us; hidden folders too, but for .ci.

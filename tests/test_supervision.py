@@ -23,10 +23,9 @@ import pytest
 from gevent import GreenletExit
 from prometheus_client import CollectorRegistry
 
-from actors.runtime import ActorKilled
 from gateway.logs import JsonFormatter, TextFormatter
 from metrics.definitions import build
-from supervision import ChildSpec, RestartPolicy, SupervisedActor, Supervisor, SupervisorPolicy
+from supervision import ActorKilled, ChildSpec, RestartPolicy, SupervisedActor, Supervisor, SupervisorPolicy
 from tests.supervision_doubles import Down, FakeScheduler, Lifecycle
 
 QUIET = RestartPolicy(heartbeat_every=None)  # no pings unless a test is about them

@@ -32,6 +32,8 @@ from _supervision.core import (
 )
 from _supervision.decision_log import render
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 BOOM = Failure("receive", "ValueError", "boom", "ValueError")
 NO_HEARTBEAT = RestartPolicy(heartbeat_every=None)
 LOG_KEYS = {

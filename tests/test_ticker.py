@@ -14,6 +14,8 @@ from market.bybit import normalize, parse
 from market.model import TICKER_FIELDS, Category, Ticker, TickerUpdate
 from market.ticker import TickerBook
 
+pytestmark = pytest.mark.unit  # pure: no sockets, no processes (make check)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bybit-v5"
 
 D = Decimal
