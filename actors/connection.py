@@ -85,7 +85,8 @@ class ConnectionActor(GeventActor):
         self._errors: deque[float] | None = None  # made on the first error: most connections never err
         self._closed = False
         limits = context.limits
-        self._budget = TokenBucket(limits.command_rate, limits.command_burst, time.monotonic())
+        self._clock = context.clock
+        self._budget = TokenBucket(limits.command_rate, limits.command_burst, self._clock())
 
     # -- helpers -----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class ConnectionActor(GeventActor):
                channel: str | None = None) -> None:
         labelled(self.metrics.errors_sent, code.value).inc()
         self._send(error_message(code, message, request_id=request_id, channel=channel), "error")
-        now = time.monotonic()
+        now = self._clock()
         errors = self._errors if self._errors is not None else deque()
         self._errors = errors
         errors.append(now)
@@ -143,7 +144,7 @@ class ConnectionActor(GeventActor):
 
     def _handle(self, msg: Any) -> None:
         labelled(self.metrics.messages_received, _TYPE_NAMES[type(msg)]).inc()
-        if not self._budget.take(time.monotonic()):
+        if not self._budget.take(self._clock()):
             # Refused, not queued: the client is told, and a client that keeps
             # flooding runs out of its error budget too (4003).
             limits = self.limits

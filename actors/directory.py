@@ -8,6 +8,7 @@ dependencies point down (protocol, transport → actors → gateway).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,3 +71,4 @@ class ConnectionContext:
     limits: ConnectionLimits
     verify: Callable[[str], Principal]  # a refresh token → its principal, or AuthError
     metrics: Metrics
+    clock: Callable[[], float] = time.monotonic  # for the budgets; tests pass a fake one

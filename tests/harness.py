@@ -136,6 +136,51 @@ class GatewayProcess:
         self.stop()
 
 
+class SimulatorProcess:
+    """``python -m simulator`` on a free port (the one simulator launcher; the ``sim`` fixture in conftest.py).
+
+    Faults go through its HTTP control API (``inject``); ``state`` is what it
+    saw (connections, subscriptions, requests per topic).
+    """
+
+    def __init__(self, rate_hz: float = 20.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "simulator", "--port", "0", "--rate-hz", str(rate_hz),
+                                      "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        match = re.search(r":(\d+)", self.proc.stdout.readline())
+        if match is None:
+            self.stop()
+            raise RuntimeError("the simulator did not start")
+        self.port = int(match.group(1))
+
+    @property
+    def ws_base(self) -> str:
+        """The value for BYBIT_WS_URL."""
+        return f"ws://127.0.0.1:{self.port}/v5/public"
+
+    def inject(self, fault: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/control/fault", json.dumps(fault).encode(),
+                                     {"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/control/state", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def spot_subscriptions(self) -> set[str]:
+        """Topics of the newest spot connection (the gateway's current incarnation)."""
+        conns = [c for c in self.state()["connections"] if c["category"] == "spot"]
+        return set(max(conns, key=lambda c: c["id"])["subscriptions"]) if conns else set()
+
+    def requests(self, topic: str, op: str) -> int:
+        return self.state()["requests"].get(topic, {}).get(op, 0)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 class Client:
     def __init__(self, ws: websocket.WebSocket) -> None:
         self.ws = ws

@@ -22,8 +22,7 @@ import urllib.request
 from collections import defaultdict
 
 from bench.wsclient import WSClosed, connect
-from tests.harness import GatewayProcess
-from tests.test_market_data import Simulator
+from tests.harness import GatewayProcess, SimulatorProcess
 
 PAIRS = ("BTCUSDT", "ETHUSDT", "ADAUSDT", "SOLUSDT")
 STREAMS = ["ticker", "orderbook", "trades"]
@@ -105,7 +104,7 @@ def _depth(samples: dict[str, float], stage: str) -> tuple[int, float]:
 
 
 def test_a_tenfold_burst_keeps_queues_bounded_and_clients_served():
-    sim = Simulator()
+    sim = SimulatorProcess()
     env = {"MARKET_SOURCE": "bybit", "BYBIT_WS_URL": f"ws://127.0.0.1:{sim.port}/v5/public",
            "MARKET_CATEGORIES": "spot", "POPULAR_PAIRS": ",".join(PAIRS), "WS_MAX_CONNECTIONS_PER_USER": "5",
            "LOG_LEVEL": "INFO"}

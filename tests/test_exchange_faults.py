@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 from decimal import Decimal
@@ -40,7 +38,7 @@ from gateway.config import VARIABLES, Settings
 from market.bybit import BYBIT
 from metrics.definitions import build
 from supervision import ChildContext
-from tests.harness import ROOT, Client, GatewayProcess
+from tests.harness import Client, GatewayProcess, SimulatorProcess
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bybit-v5"
 VALID_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]{0,31})(?:\.[0-9]{1,32})?")
@@ -302,44 +300,6 @@ def test_a_rejected_request_is_split_and_only_named_topics_are_rejected():
 # --- end to end: gateway + simulator ---------------------------------------------------------
 
 
-class Simulator:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulator", "--port", "0", "--rate-hz", "20",
-                                      "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        self.port = int(re.search(r":(\d+)", line).group(1))  # type: ignore[union-attr]
-
-    def inject(self, fault: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/control/fault", json.dumps(fault).encode(),
-                                     {"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def state(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/control/state", timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def spot_subscriptions(self) -> set[str]:
-        """Topics of the newest spot connection (the gateway's current incarnation)."""
-        conns = [c for c in self.state()["connections"] if c["category"] == "spot"]
-        return set(max(conns, key=lambda c: c["id"])["subscriptions"]) if conns else set()
-
-    def requests(self, topic: str, op: str) -> int:
-        return self.state()["requests"].get(topic, {}).get(op, 0)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    s = Simulator()
-    yield s
-    s.stop()
-
-
 FAST = {
     "MARKET_CATEGORIES": "spot",
     "RESTART_BASE": "50",
@@ -352,7 +312,7 @@ FAST = {
 }
 
 
-def gateway(sim: Simulator, **env: str) -> GatewayProcess:
+def gateway(sim: SimulatorProcess, **env: str) -> GatewayProcess:
     g = GatewayProcess({"MARKET_SOURCE": "bybit", "BYBIT_WS_URL": f"ws://127.0.0.1:{sim.port}/v5/public",
                         **FAST, **env}).start()
     g.wait_for_log(lambda r: r.get("msg") == "exchange stream connected", timeout=10)

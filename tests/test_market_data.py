@@ -9,44 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 from decimal import Decimal
 
 import pytest
 
-from tests.harness import ROOT, Client, GatewayProcess
-
-
-class Simulator:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulator", "--port", "0", "--rate-hz", "20",
-                                      "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        self.port = int(re.search(r":(\d+)", line).group(1))
-
-    def inject(self, fault: dict) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/control/fault", json.dumps(fault).encode(),
-                                     {"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def state(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/control/state", timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    s = Simulator()
-    yield s
-    s.stop()
+from tests.harness import Client, GatewayProcess
 
 
 @pytest.fixture(scope="module")
