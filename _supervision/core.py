@@ -65,7 +65,7 @@ class RestartPolicy:
     healthy report closes it. The defaults give the platform's old rule:
     after 10 failed reconnection attempts, stop hammering.
 
-    The heartbeat (``Ping`` every ``heartbeat_every``, ``Pong`` due within
+    The heartbeat (``Heartbeat`` every ``heartbeat_every``, ``Pong`` due within
     ``hung_after``) goes through the inbox: a handler that blocks longer than
     ``hung_after``, or an ``on_start`` longer than ``heartbeat_every +
     hung_after``, is killed as hung. ``heartbeat_every=None``: no hung
@@ -213,7 +213,7 @@ class HeartbeatDue:
 
 
 @dataclass(frozen=True, slots=True)
-class PongDue:
+class HeartbeatReplyDue:
     child_id: str
     incarnation: int
     seq: int
@@ -228,7 +228,7 @@ class StopDue:
     incarnation: int
 
 
-Timer = RestartDue | HeartbeatDue | PongDue | StopDue
+Timer = RestartDue | HeartbeatDue | HeartbeatReplyDue | StopDue
 
 # --- effects: what the shell must do -----------------------------------------
 
@@ -262,7 +262,7 @@ class Schedule:
 
 
 @dataclass(frozen=True, slots=True)
-class SendPing:
+class SendHeartbeat:
     child_id: str
     incarnation: int
     seq: int
@@ -293,7 +293,7 @@ class Escalate:
     reason: str
 
 
-Effect = Spawn | Stop | Kill | Schedule | SendPing | DropStash | Log | Escalate
+Effect = Spawn | Stop | Kill | Schedule | SendHeartbeat | DropStash | Log | Escalate
 
 _ALIVE = (Status.STARTING, Status.RUNNING)
 _DOWN = (Status.BACKING_OFF, Status.CIRCUIT_OPEN)
@@ -433,9 +433,10 @@ class SupervisorCore:
             if c is None:
                 return []
             c.ping_seq += 1
-            return [SendPing(timer.child_id, timer.incarnation, c.ping_seq),
-                    Schedule(c.spec.policy.hung_after, PongDue(timer.child_id, timer.incarnation, c.ping_seq))]
-        if isinstance(timer, PongDue):
+            reply_due = HeartbeatReplyDue(timer.child_id, timer.incarnation, c.ping_seq)
+            return [SendHeartbeat(timer.child_id, timer.incarnation, c.ping_seq),
+                    Schedule(c.spec.policy.hung_after, reply_due)]
+        if isinstance(timer, HeartbeatReplyDue):
             c = self._live(timer.child_id, timer.incarnation, _ALIVE)
             if c is None or c.pong_seq >= timer.seq:
                 return []

@@ -43,7 +43,7 @@ from _supervision.core import (
     Kill,
     Log,
     Schedule,
-    SendPing,
+    SendHeartbeat,
     Spawn,
     Stop,
     StopDue,
@@ -98,7 +98,7 @@ class GeventScheduler:
 
 
 @dataclass(frozen=True, slots=True)
-class Ping:
+class Heartbeat:
     """Heartbeat from the supervisor; :class:`SupervisedActor` answers it
     from its inbox, so a child stuck in a handler does not."""
 
@@ -154,7 +154,7 @@ class _Exited:
 
 
 @dataclass(frozen=True, slots=True)
-class _Pong:
+class _HeartbeatReply:
     child_id: str
     incarnation: int
     seq: int
@@ -186,7 +186,7 @@ class SupervisedActor(GeventActor):
         spec = ChildSpec("worker:btc", "worker", lambda ctx: Worker.start(ctx, "BTCUSDT"))
 
     It reports its own start, health and end to the supervisor (with tells,
-    never asks), answers :class:`Ping`, and closes pykka's blind spots: a
+    never asks), answers :class:`Heartbeat`, and closes pykka's blind spots: a
     failure in ``on_start``/``on_stop``, a ``gevent.Timeout`` escaping
     ``on_start``, a killed greenlet; and it keeps the tells still queued in
     its inbox when it dies so the next incarnation gets them. Actors whose
@@ -241,8 +241,8 @@ class SupervisedActor(GeventActor):
             self.context.supervisor._post(_Started(self.child_id, self.incarnation, healthy))
 
     def _handle_receive(self, message: Any) -> Any:
-        if message.__class__ is Ping:
-            self.context.supervisor._post(_Pong(self.child_id, self.incarnation, message.seq))
+        if message.__class__ is Heartbeat:
+            self.context.supervisor._post(_HeartbeatReply(self.child_id, self.incarnation, message.seq))
             return None
         try:
             return super()._handle_receive(message)
@@ -294,7 +294,7 @@ class SupervisedActor(GeventActor):
                 else:
                     dead = pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message")
                     envelope.reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
-            elif not isinstance(message, (Ping, _ActorStop)):
+            elif not isinstance(message, (Heartbeat, _ActorStop)):
                 self._pending.append(message)
 
     def _take_pending(self) -> list[Any]:
@@ -346,8 +346,8 @@ class ChildHandle:
 class _Slot:
     """The shell's side of a child: where tells go now, and its stash."""
 
-    __slots__ = ("actor", "incarnation", "outage_dropped", "overflowing", "redelivered", "ref", "spec", "stash",
-                 "stash_dropped", "stopped")
+    __slots__ = ("actor", "dropped_last_outage", "dropped_while_down", "incarnation", "overflowing", "redelivered",
+                 "ref", "spec", "stash", "stash_dropped", "stopped")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -357,7 +357,8 @@ class _Slot:
         self.stash: deque[Any] = deque()
         self.redelivered = 0
         self.stash_dropped = 0  # lifetime
-        self.outage_dropped = [0, 0]  # [while down now, during the last outage]
+        self.dropped_while_down = 0  # stashed tells dropped in the outage going on now
+        self.dropped_last_outage = 0  # ... and in the last one, once it has ended
         self.overflowing = False
         self.stopped = False
 
@@ -521,12 +522,12 @@ class Supervisor:
         elif isinstance(item, _Started):
             slot = self._slots.get(item.child_id)
             redelivered = slot.redelivered if slot else 0
-            dropped = slot.outage_dropped[1] if slot else 0
+            dropped = slot.dropped_last_outage if slot else 0
             self._apply(core.started(item.child_id, item.incarnation, now, healthy=item.healthy,
                                      redelivered=redelivered, dropped=dropped))
         elif isinstance(item, _Healthy):
             self._apply(core.healthy(item.child_id, item.incarnation, now))
-        elif isinstance(item, _Pong):
+        elif isinstance(item, _HeartbeatReply):
             self._apply(core.pong(item.child_id, item.incarnation, item.seq, now))
         elif isinstance(item, _Exited):
             slot = self._slots.get(item.child_id)
@@ -558,11 +559,11 @@ class Supervisor:
             self._scheduler.call_later(effect.delay, lambda: self._post(timer))
         elif isinstance(effect, Spawn):
             return self._spawn(effect)
-        elif isinstance(effect, SendPing):
+        elif isinstance(effect, SendHeartbeat):
             slot = self._slots.get(effect.child_id)
             if slot is not None and slot.ref is not None and slot.incarnation == effect.incarnation:
                 try:
-                    slot.ref.tell(Ping(effect.seq))
+                    slot.ref.tell(Heartbeat(effect.seq))
                 except pykka.ActorDeadError:
                     pass  # its exit report is queued
         elif isinstance(effect, Stop):
@@ -600,7 +601,7 @@ class Supervisor:
                                      stashed=len(slot.stash))
         slot.ref, slot.actor, slot.incarnation = ref, actor, effect.incarnation
         slot.overflowing = False
-        slot.outage_dropped = [0, slot.outage_dropped[0]]
+        slot.dropped_while_down, slot.dropped_last_outage = 0, slot.dropped_while_down
         # The stash goes first, in order, before any new tell: gevent cannot
         # switch inside this loop, and the route is set only after it.
         delivered = 0
@@ -654,7 +655,7 @@ class Supervisor:
         if n <= 0:
             return
         slot.stash_dropped += n
-        slot.outage_dropped[0] += n
+        slot.dropped_while_down += n
         if self._metrics is not None:
             self._metrics.supervisor_stash_dropped.labels(slot.spec.kind, reason).inc(n)
 

@@ -17,13 +17,13 @@ from _supervision.core import (
     Escalate,
     Failure,
     HeartbeatDue,
+    HeartbeatReplyDue,
     Kill,
     Log,
-    PongDue,
     RestartDue,
     RestartPolicy,
     Schedule,
-    SendPing,
+    SendHeartbeat,
     Spawn,
     Stop,
     StopDue,
@@ -340,12 +340,12 @@ def test_heartbeat_pings_and_a_missing_pong_kills_and_restarts_as_hung():
     assert only(effects, Schedule) == Schedule(10.0, HeartbeatDue("exchange:bybit:spot", 1))
     core.started("exchange:bybit:spot", 1, 0.0, healthy=True)
     effects = core.timer(HeartbeatDue("exchange:bybit:spot", 1), 10.0)
-    assert only(effects, SendPing) == SendPing("exchange:bybit:spot", 1, 1)
-    assert only(effects, Schedule) == Schedule(5.0, PongDue("exchange:bybit:spot", 1, 1))
+    assert only(effects, SendHeartbeat) == SendHeartbeat("exchange:bybit:spot", 1, 1)
+    assert only(effects, Schedule) == Schedule(5.0, HeartbeatReplyDue("exchange:bybit:spot", 1, 1))
     assert core.pong("exchange:bybit:spot", 1, 1, 10.01) == [Schedule(10.0, HeartbeatDue("exchange:bybit:spot", 1))]
-    assert core.timer(PongDue("exchange:bybit:spot", 1, 1), 15.0) == []  # answered in time
+    assert core.timer(HeartbeatReplyDue("exchange:bybit:spot", 1, 1), 15.0) == []  # answered in time
     core.timer(HeartbeatDue("exchange:bybit:spot", 1), 20.01)
-    effects = core.timer(PongDue("exchange:bybit:spot", 1, 2), 25.01)
+    effects = core.timer(HeartbeatReplyDue("exchange:bybit:spot", 1, 2), 25.01)
     line, kill = decision(effects), only(effects, Kill)
     assert line.event == "hung_detected" and line.fields["phase"] == "hung"
     assert render(line.event, line.fields) == (
