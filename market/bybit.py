@@ -181,7 +181,7 @@ PING_INTERVAL_SECONDS: Final = 20.0
 _SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-def _check_symbol(symbol: str) -> str:
+def _check_symbol(symbol: object) -> str:
     if not isinstance(symbol, str) or not _SYMBOL_RE.fullmatch(symbol):
         raise BybitProtocolError(f"invalid symbol {_show(symbol)}")
     return symbol
@@ -805,7 +805,7 @@ def normalize_trades(message: TopicMessage, category: Category | str) -> tuple[T
             raise BybitProtocolError("trade without id")
         trades.append(Trade(
             category=category,
-            symbol=_check_symbol(item.get("s")),  # type: ignore[arg-type]
+            symbol=_check_symbol(item.get("s")),
             trade_id=trade_id,
             side=side,
             price=_decimal(item.get("p"), "p"),
@@ -834,12 +834,13 @@ def normalize_klines(message: TopicMessage, category: Category | str) -> tuple[K
     for item in _data_array(message):
         if not isinstance(item, dict):
             raise BybitProtocolError(f"kline is not an object: {_show(item)}")
-        if item.get("interval") != topic.interval:
-            raise _mismatch("kline interval", item.get("interval"), message)
+        interval = item.get("interval")
+        if interval is None or interval != topic.interval:
+            raise _mismatch("kline interval", interval, message)
         klines.append(Kline(
             category=category,
             symbol=topic.symbol,
-            interval=topic.interval,  # type: ignore[arg-type]
+            interval=interval,
             start=_int(item, "start"),
             end=_int(item, "end"),
             open=_decimal(item.get("open"), "open"),

@@ -176,9 +176,10 @@ class OrderBook:
             self._bids.load(update.bids)
             self._asks.load(update.asks)
         else:
-            if not self._synced:
+            last = self._update_id
+            if not self._synced or last is None:
                 return self._gap(GapReason.NO_SNAPSHOT, None, update.update_id)
-            expected = self._update_id + 1  # type: ignore[operator]  # synced implies set
+            expected = last + 1
             if update.update_id != expected:
                 return self._gap(GapReason.SEQUENCE, expected, update.update_id)
             for side, levels in ((self._bids, update.bids), (self._asks, update.asks)):
@@ -215,7 +216,8 @@ class OrderBook:
         """
         if top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {top_n}")
-        if not self._synced:
+        update_id = self._update_id
+        if not self._synced or update_id is None:
             return None
         return OrderBookView(
             category=self.category,
@@ -223,7 +225,7 @@ class OrderBook:
             depth=self.depth,
             bids=self._bids.top(top_n),
             asks=self._asks.top(top_n),
-            update_id=self._update_id,  # type: ignore[arg-type]  # synced implies set
+            update_id=update_id,
             seq=self._seq,
             ts=self._ts,
             reset=self._reset,

@@ -10,6 +10,7 @@ them so that every ticker it hands out is complete.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from .model import Category, Ticker, TickerUpdate
 
@@ -44,18 +45,18 @@ class TickerBook:
         rejects both).
         """
         key = (update.category, update.symbol)
-        changes = dict(update.changes)
+        changes: dict[str, Any] = dict(update.changes)  # field name -> value, as TickerUpdate carries them
         if "last_price" in changes and changes["last_price"] is None:
             raise ValueError(f"ticker update for {update.symbol} clears last_price")
         if update.snapshot:
             if "last_price" not in changes:
                 raise ValueError(f"ticker snapshot for {update.symbol} without last_price")
-            ticker = Ticker(category=update.category, symbol=update.symbol, ts=update.ts, **changes)  # type: ignore[arg-type]
+            ticker = Ticker(category=update.category, symbol=update.symbol, ts=update.ts, **changes)
         else:
             previous = self._tickers.get(key)
             if previous is None:
                 return None
-            ticker = replace(previous, ts=update.ts, **changes)  # type: ignore[arg-type]
+            ticker = replace(previous, ts=update.ts, **changes)
         self._tickers[key] = ticker
         return ticker
 
