@@ -68,7 +68,7 @@ class Upstream(asyncio.Protocol):
         self.can_write.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; it is a Transport
         self.transport.set_write_buffer_limits(high=1 << 20)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -158,7 +158,7 @@ class BenchConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; it is a Transport
         self.transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:

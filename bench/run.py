@@ -328,7 +328,7 @@ def start_peer(kind: str, ping_interval: float, log_dir: Path) -> JsonProc:
     else:
         proc = JsonProc(["node", str(NODE_DIR / "server.js"), "--ping-interval", str(ping_interval)],
                         stderr=err, name=kind)
-    proc.port = proc.recv(30)["port"]  # type: ignore[attr-defined]
+    proc.port = proc.recv(30)["port"]  # type: ignore[attr-defined]  # set on the process handle for later
     return proc
 
 
@@ -469,7 +469,7 @@ class Bench:
     def burst_peer(self, kind: str) -> list[dict[str, Any]]:
         a = self.args
         peer = start_peer(kind, 3600, self.log_dir)
-        load = Load(peer.port, {"path": "/?g=0", "mode": "count"})  # type: ignore[attr-defined]
+        load = Load(peer.port, {"path": "/?g=0", "mode": "count"})  # type: ignore[attr-defined]  # port set at start
         rows = []
         try:
             window = Window(load, peer.pid)
@@ -651,7 +651,7 @@ class Bench:
     def paced_peer(self, kind: str, per_client_rate: float, size: int) -> dict[str, Any]:
         a = self.args
         peer = start_peer(kind, 30, self.log_dir)
-        load = Load(peer.port, {"path": "/?g={g}", "groups": a.paced_symbols, "mode": "latency"})  # type: ignore[attr-defined]
+        load = Load(peer.port, {"path": "/?g={g}", "groups": a.paced_symbols, "mode": "latency"})  # type: ignore[attr-defined]  # port set at start
         try:
             connect = load.add(a.paced_clients, per_worker=math.ceil(a.paced_clients / a.paced_workers))
             per_tick = max(1, round(per_client_rate / a.paced_hz))
@@ -813,7 +813,7 @@ class Bench:
     def capacity_peer(self, kind: str, steps: list[int]) -> list[dict[str, Any]]:
         a = self.args
         peer = start_peer(kind, a.heartbeat, self.log_dir)
-        load = Load(peer.port, {"path": "/?g=0", "mode": "idle"})  # type: ignore[attr-defined]
+        load = Load(peer.port, {"path": "/?g=0", "mode": "idle"})  # type: ignore[attr-defined]  # port set at start
         rows = []
         try:
             time.sleep(0.5)

@@ -251,7 +251,7 @@ def raw_upgrade(port: int, path: str = "/ws", headers: dict[str, str] | None = N
         response += chunk
     text, _, rest = response.partition(b"\r\n\r\n")
     sock_with_rest = _Prefixed(sock, rest)
-    return sock_with_rest, text.decode("latin-1")  # type: ignore[return-value]
+    return sock_with_rest, text.decode("latin-1")  # type: ignore[return-value]  # duck-typed socket
 
 
 class _Prefixed:

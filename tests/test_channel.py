@@ -9,7 +9,7 @@ import gevent
 from gevent import socket
 
 from actors.channel import ChannelActor
-from actors.messages import Deliver, Join
+from actors.messages import Deliver, Join, Leave
 from brokers.memory import MemoryBroker
 from transport.outbox import Outbox
 
@@ -38,7 +38,7 @@ def test_live_gap_is_filled_from_history_in_order():
     channel.ask(Join("s1", outbox), timeout=1)  # joined before the publications
     for i in range(1, 5):
         broker.publish("trades#u", {"i": i}, int(time.time() * 1000))
-    gevent.sleep(0.05)
+    channel.ask(Leave("nobody"), timeout=1)  # every Deliver told before this is handled
     frames = _frames(client, 4)
     assert [f["seq"] for f in frames] == [1, 2, 3, 4]
     assert [f["data"]["i"] for f in frames] == [1, 2, 3, 4]
@@ -54,7 +54,7 @@ def test_gap_beyond_history_tells_subscribers_to_resync():
     channel.ask(Join("s1", Outbox(server, max_bytes=1 << 20, write_timeout=1)), timeout=1)
     for i in range(1, 5):
         broker.publish("trades#v", {"i": i}, int(time.time() * 1000))
-    gevent.sleep(0.05)
+    channel.ask(Leave("nobody"), timeout=1)  # every Deliver told before this is handled
     broker.publish("trades#v", {"i": 5}, int(time.time() * 1000))
     first, resync, after = _frames(client, 3)
     assert first["seq"] == 1

@@ -92,9 +92,9 @@ def actor(*, rate: float = 5, burst: int = 5, errors: int = 3, max_channels: int
     conn, directory, clock = FakeConn(), FakeDirectory(), Clock()
     context = ConnectionContext(directory=directory, limits=ConnectionLimits(max_channels, rate, burst, errors),
                                 verify=_verify, metrics=build(), clock=clock)
-    session = Session("s1", Principal("ann", 2_000_000_000.0, bots=bots), outbox=None)  # type: ignore[arg-type]
+    session = Session("s1", Principal("ann", 2_000_000_000.0, bots=bots), outbox=None)  # type: ignore[arg-type]  # no outbox: the fake conn records
     session.conn = conn
-    return ConnectionActor(context, session, conn), conn, directory, clock  # type: ignore[arg-type]
+    return ConnectionActor(context, session, conn), conn, directory, clock  # type: ignore[arg-type]  # a fake conn
 
 
 def send(a: ConnectionActor, text: str) -> None:

@@ -81,10 +81,10 @@ class Stream:
         self.metrics = build()
         self.bridge = RecordingBridge()
         self.ws = RecordingSocket()
-        context = ChildContext(None, f"exchange:bybit:{category}", "exchange_stream", 1)  # type: ignore[arg-type]
+        context = ChildContext(None, f"exchange:bybit:{category}", "exchange_stream", 1)  # type: ignore[arg-type]  # no supervisor: a unit test
         self.actor = ExchangeStreamActor(context, BYBIT, category, StreamSettings(url="ws://127.0.0.1:9/unused"),
                                          self.bridge, (), self.metrics)
-        self.actor.ws = self.ws  # type: ignore[assignment]
+        self.actor.ws = self.ws  # type: ignore[assignment]  # a fake upstream socket
         self.actor.on_receive(WantTopics(topics))
         for request in list(self.ws.sent):
             self.feed({"success": True, "ret_msg": "subscribe", "conn_id": "c", "req_id": request["req_id"],

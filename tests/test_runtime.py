@@ -54,14 +54,20 @@ def test_ask_timeout_raises_pykka_timeout():
         ref.ask("x", timeout=0.05)
 
 
+def _until(condition, timeout: float = 2.0) -> None:
+    """Wait for a condition, yielding to the actors; fail after ``timeout``."""
+    with gevent.Timeout(timeout, AssertionError("the condition never held")):
+        while not condition():
+            gevent.sleep(0.001)
+
+
 def test_gevent_timeout_in_a_handler_fails_only_that_actor():
     bystander = Echo.start()
     victim = Echo.start()
     with pytest.raises(HandlerTimeout):
         victim.ask("timeout", timeout=1)
     victim.tell("timeout")
-    gevent.sleep(0.05)
-    assert not victim.is_alive()
+    _until(lambda: not victim.is_alive())
     assert bystander.is_alive()
     assert bystander.ask("still here", timeout=1) == "still here"
 
@@ -140,6 +146,5 @@ def test_on_demand_actor_base_exception_fails_only_itself():
     bystander = OnDemand.start()
     victim = OnDemand.start()
     victim.tell("timeout")
-    gevent.sleep(0.05)
-    assert not victim.is_alive()
+    _until(lambda: not victim.is_alive())
     assert bystander.ask("ok", timeout=1) == ["ok"]
