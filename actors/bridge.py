@@ -1,10 +1,12 @@
-"""MarketDataBridgeActor: clients' market-data interest ↔ upstream subscriptions, and fan-in of exchange data.
+"""MarketDataBridgeActor: clients' market-data interest ↔ upstream subscriptions (the control plane).
 
 Takes: :class:`InterestChanged` (the hub reports a market-data channel's
 subscriber count), :class:`GraceExpired`, :class:`Tick`, :class:`GetStats`
 (ask, from the HTTP edge), and from the exchange streams
-:class:`MarketData`, :class:`SubscribeRejected`, :class:`BookReset`,
-:class:`StreamState`.
+:class:`SubscribeRejected` and :class:`StreamState`. The data itself does
+not pass through it: the streams hand each update to the
+:class:`MarketPublisher` (this module), which publishes it to its channel;
+the bridge replays the publisher's latest values to new subscribers.
 Sends: ``WantTopics``/``DropTopics`` to exchange streams (through their
 supervisor handles, which survive restarts), ``Publish``, ``PublishLatest``
 and ``Evict`` to channel actors (through the hub).
@@ -147,6 +149,81 @@ class UpstreamInterest:
         return tuple(sorted(out))
 
 
+class MarketPublisher:
+    """The tick path: an exchange stream's updates, straight to their channels.
+
+    Not an actor: a plain object the exchange streams call as they handle a
+    frame (``handle``), so that an update makes one hop, stream → channel,
+    instead of two (the bridge stays the control plane: interest, upstream
+    subscriptions, retries, status). It maps a topic to its channel key,
+    keeps the latest ticker and book of each key for new subscribers
+    (:attr:`latest`, which the bridge replays), and conflates latest values
+    on their way to the channel (:class:`LatestSlot`): a channel that is
+    behind fans out the newest value, not a backlog. Trades and candles go
+    as they come. Streams and bridge share one in the same gevent thread;
+    nothing here yields.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.latest: dict[ChannelKey, Publish] = {}
+        self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
+        self._keys: dict[tuple[str, str, str], tuple[ChannelKey, str, str, bool]] = {}
+        self._conflated = labelled(hub.metrics.conflated, "channel")
+
+    def _key(self, exchange: str, category: str, topic: str) -> tuple[ChannelKey, str, str, bool]:
+        """(channel key, symbol, stream, latest-value?) for a topic: computed once per topic."""
+        found = self._keys.get((exchange, category, topic))
+        if found is None:
+            stream, symbol = topic_to_stream(topic)
+            retain = stream == "ticker" or stream.startswith("orderbook")
+            found = (market_key(exchange, category, symbol, stream), symbol, stream, retain)
+            if len(self._keys) < 100_000:  # topics come from subscriptions: bounded, and this is a cache
+                self._keys[(exchange, category, topic)] = found
+        return found
+
+    def handle(self, message: MarketData | BookReset) -> None:
+        if isinstance(message, MarketData):
+            key, symbol, stream, retain = self._key(message.exchange, message.category, message.topic)
+            publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream},
+                              retain, message.received_ms / 1000)
+            if retain:
+                self.publish_latest(key, publish)
+            else:
+                self.hub.publish(key, publish)  # trades and candles: every one of them, in order
+        else:
+            key, symbol, stream, _ = self._key(message.exchange, message.category, message.topic)
+            data = {"symbol": symbol, "category": message.category, "bids": [], "asks": [], "reset": True,
+                    "resync": True, "reason": message.reason}
+            self.publish_latest(key, Publish(data, int(time.time() * 1000), {"symbol": symbol, "stream": stream},
+                                             True))
+
+    def publish_latest(self, key: ChannelKey, publish: Publish) -> None:
+        """Latest-value data goes through the key's conflation slot (:class:`LatestSlot`).
+
+        If the channel has not yet fanned out the previous value, the new one
+        replaces it there and no second message is queued: under a burst each
+        channel's inbox holds at most one latest-value message per key.
+        """
+        self.latest[key] = publish
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = LatestSlot()
+        now = time.monotonic()
+        if slot.pending is not None and now - slot.told < RETELL_AFTER:
+            slot.pending = publish
+            self._conflated.inc()
+            return
+        # Empty, or told so long ago that the channel may have been replaced: tell (again).
+        slot.pending, slot.told = publish, now
+        if not self.hub.publish(key, PublishLatest(slot)):
+            slot.pending = None
+
+    def forget(self, key: ChannelKey) -> None:
+        self.latest.pop(key, None)
+        self.slots.pop(key, None)
+
+
 def _stats_name(key: str) -> str:
     """The platform's name for a subscription.
 
@@ -171,6 +248,7 @@ class MarketDataBridgeActor(SupervisedActor):
         retry_base: float = 1.0,
         retry_cap: float = 30.0,
         interest: UpstreamInterest | None = None,
+        publisher: MarketPublisher | None = None,
     ) -> None:
         super().__init__(context)
         self.hub = hub
@@ -184,9 +262,7 @@ class MarketDataBridgeActor(SupervisedActor):
         self.interest = interest if interest is not None else UpstreamInterest()
         self.interest.keys.clear()  # rebuilt in on_start, from what the hub's clients want now
         self.upstream: set[ChannelKey] = self.interest.keys  # keys subscribed upstream (wanted)
-        self.latest: dict[ChannelKey, Publish] = {}
-        self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
-        self._conflated = labelled(hub.metrics.conflated, "channel")
+        self.publisher = publisher if publisher is not None else MarketPublisher(hub)
         self.states: dict[tuple[str, str], StreamState] = {}
         self.retry_base = retry_base
         self.retry_cap = retry_cap
@@ -238,8 +314,7 @@ class MarketDataBridgeActor(SupervisedActor):
             return
         exchange, category, topic, _ = parsed
         self.upstream.discard(key)
-        self.latest.pop(key, None)
-        self.slots.pop(key, None)
+        self.publisher.forget(key)
         stream = self._stream(exchange, category)
         if stream is not None:
             stream.tell(DropTopics((topic,)))
@@ -280,10 +355,10 @@ class MarketDataBridgeActor(SupervisedActor):
             return
         if message.count > 0:
             self._want(key)
-            retained = self.latest.get(key)
+            retained = self.publisher.latest.get(key)
             if retained is not None and message.count == 1:
                 # The channel may be new (no retained frame yet): replay the latest value.
-                self._publish_latest(key, retained)
+                self.publisher.publish_latest(key, retained)
         elif key not in self.pinned:
             gevent.spawn_later(self.grace, self._tell_grace, key)
 
@@ -297,36 +372,7 @@ class MarketDataBridgeActor(SupervisedActor):
             pass
 
     def _on_data(self, message: MarketData) -> None:
-        stream, symbol = topic_to_stream(message.topic)
-        key = market_key(message.exchange, message.category, symbol, stream)
-        retain = stream == "ticker" or stream.startswith("orderbook")
-        publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, retain,
-                          message.received_ms / 1000)
-        if retain:
-            self._publish_latest(key, publish)
-        else:
-            self.hub.publish(key, publish)  # trades and candles: every one of them, in order
-
-    def _publish_latest(self, key: ChannelKey, publish: Publish) -> None:
-        """Latest-value data goes through the key's conflation slot (:class:`LatestSlot`).
-
-        If the channel has not yet fanned out the previous value, the new one
-        replaces it there and no second message is queued: under a burst each
-        channel's inbox holds at most one latest-value message per key.
-        """
-        self.latest[key] = publish
-        slot = self.slots.get(key)
-        if slot is None:
-            slot = self.slots[key] = LatestSlot()
-        now = time.monotonic()
-        if slot.pending is not None and now - slot.told < RETELL_AFTER:
-            slot.pending = publish
-            self._conflated.inc()
-            return
-        # Empty, or told so long ago that the channel may have been replaced: tell (again).
-        slot.pending, slot.told = publish, now
-        if not self.hub.publish(key, PublishLatest(slot)):
-            slot.pending = None
+        self.publisher.handle(message)  # (the streams call the publisher themselves; a told one still works)
 
     def _on_rejected(self, message: SubscribeRejected) -> None:
         for topic in message.topics:
@@ -337,8 +383,7 @@ class MarketDataBridgeActor(SupervisedActor):
                 continue
             self.upstream.discard(key)
             self.pinned.discard(key)
-            self.latest.pop(key, None)
-            self.slots.pop(key, None)
+            self.publisher.forget(key)
             error = dumps({"type": "error", "code": ErrorCode.UPSTREAM_REJECTED.value,
                            "message": f"{message.exchange} rejected {symbol} ({stream}): {message.reason}",
                            "channel": "market-data", "symbol": symbol, "stream": stream})
@@ -374,12 +419,7 @@ class MarketDataBridgeActor(SupervisedActor):
                     "attempts": retry.attempts}})
 
     def _on_book_reset(self, message: BookReset) -> None:
-        stream, symbol = topic_to_stream(message.topic)
-        key = market_key(message.exchange, message.category, symbol, stream)
-        data = {"symbol": symbol, "category": message.category, "bids": [], "asks": [], "reset": True,
-                "resync": True, "reason": message.reason}
-        publish = Publish(data, int(time.time() * 1000), {"symbol": symbol, "stream": stream}, True)
-        self._publish_latest(key, publish)
+        self.publisher.handle(message)
 
     # -- status channels ------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Takes: :class:`WantTopics` / :class:`DropTopics` (from the bridge),
 :class:`UpstreamFrame` / :class:`UpstreamLost` (from its own reader
 greenlet), :class:`PingDue` (from its own timer).
-Sends to the bridge: :class:`MarketData` (normalized, exact decimal
-strings), :class:`SubscribeRejected`, :class:`BookReset`,
-:class:`StreamState`.
+Hands to its sink (:class:`actors.bridge.MarketPublisher`, called in the
+handler: one hop from the frame to the channel) :class:`MarketData`
+(normalized, exact decimal text; book views as ready JSON) and
+:class:`BookReset`. Tells the bridge :class:`SubscribeRejected` and
+:class:`StreamState` (the control plane).
 
 It never reconnects by itself. A lost connection, a stream silent for
 ``stale_after`` seconds (no data and no pong: half-open TCP happens), a
@@ -74,6 +76,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +94,7 @@ from market.exchange import (
 from market.model import BookUpdate, Category, Kline, TickerUpdate, Trade
 from market.orderbook import OrderBook
 from market.ticker import TickerBook
+from protocol.messages import RawJson
 from supervision import ChildContext, ExpectedFailure, SupervisedActor
 
 __all__ = [
@@ -269,6 +273,7 @@ class ExchangeStreamActor(SupervisedActor):
         bridge: Any,
         wanted: tuple[str, ...] = (),
         metrics: Any = None,
+        sink: Callable[[MarketData | BookReset], None] | None = None,
     ) -> None:
         super().__init__(context)
         self.protocol = protocol
@@ -277,6 +282,9 @@ class ExchangeStreamActor(SupervisedActor):
         self._category = Category(category)  # what the protocol takes; the str above labels metrics and messages
         self.settings = settings
         self.bridge = bridge
+        # Where updates go: the market publisher, called in this actor's handler (one
+        # hop from the frame to the channel). Without one, told to the bridge.
+        self._sink = sink if sink is not None else bridge.tell
         self.metrics = metrics
         self.wanted: set[str] = set(wanted)
         self.subscribed: set[str] = set()
@@ -691,7 +699,7 @@ class ExchangeStreamActor(SupervisedActor):
         received_ms = int(received * 1000)
         self._stats.lags.append(received_ms - exchange_ts)
         self._stats.offsets.append(exchange_ts - received_ms)
-        self.bridge.tell(MarketData(self.exchange, self.category, topic, data, exchange_ts, received_ms))
+        self._sink(MarketData(self.exchange, self.category, topic, data, exchange_ts, received_ms))
 
     def _on_topic(self, message: TopicMessage, received: float) -> None:
         topic = message.topic
@@ -747,9 +755,7 @@ class ExchangeStreamActor(SupervisedActor):
         view = book.view(min(self.settings.book_levels, update.depth))
         if view is None:
             return
-        data = view.to_json_dict()
-        data["receivedAt"] = int(received * 1000)
-        self._emit(topic, data, ts, received)
+        self._emit(topic, RawJson(view.to_json_text(int(received * 1000))), ts, received)
 
     def _resync(self, topic: str, reason: str) -> None:
         """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot.
@@ -767,7 +773,7 @@ class ExchangeStreamActor(SupervisedActor):
             "exchange": self.exchange, "category": self.category, "topic": topic, "reason": reason}})
         if topic.startswith("orderbook."):
             self.books.pop(topic, None)
-            self.bridge.tell(BookReset(self.exchange, self.category, topic, reason))
+            self._sink(BookReset(self.exchange, self.category, topic, reason))
         else:  # a ticker: clients keep the last full one until the new snapshot
             self.tickers.forget(Category(self.category), topic.partition(".")[2])
         if self.ws is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.bridge import GetStats, InterestChanged, MarketDataBridgeActor, UpstreamInterest
+from actors.bridge import GetStats, InterestChanged, MarketDataBridgeActor, MarketPublisher, UpstreamInterest
 from actors.exchange_stream import ExchangeStreamActor, StreamSettings
 from gateway.config import Settings
 from gateway.hub import Hub
@@ -37,6 +37,7 @@ class MarketFeeds:
         self.streams: dict[tuple[str, str], Any] = {}
         self.bridge: Any = None
         self.interest = UpstreamInterest()  # written by the bridge, read by each new stream incarnation
+        self.publisher = MarketPublisher(hub)  # the tick path: streams → channels, one hop
 
     def url(self, category: str) -> str:
         if self.simulator is not None:
@@ -77,7 +78,7 @@ class MarketFeeds:
             # The new incarnation resubscribes to every topic still wanted.
             wanted = self.interest.topics("bybit", category)
             return ExchangeStreamActor.start(context, BYBIT, category, stream_settings, self.bridge, wanted,
-                                             self.metrics)
+                                             self.metrics, sink=self.publisher.handle)
         return factory
 
     def _bridge_factory(self, context: Any) -> Any:
@@ -85,6 +86,7 @@ class MarketFeeds:
         return MarketDataBridgeActor.start(
             context, self.hub, self.streams, popular=s.popular_pairs, grace=s.unsubscribe_grace,
             status_interval=s.status_interval, supervisor_status=self.supervisor.status, interest=self.interest,
+            publisher=self.publisher,
         )
 
     def _interest(self, key: Any, count: int) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "BotCommand",
     "ClientMessage",
     "Ping",
+    "RawJson",
     "Refresh",
     "Subscribe",
     "Unsubscribe",
@@ -322,6 +323,17 @@ def bot_command_ack_message(command_id: str, delivered_to: int, request_id: str 
                                                               "deliveredTo": delivered_to}}, request_id))
 
 
+class RawJson(str):
+    """JSON text already encoded, by code that made it from checked values (a book view).
+
+    :func:`data_message` puts it in as it is instead of encoding a dict: for
+    market data, building the text directly costs a few microseconds where
+    ``json.dumps`` of the same object costs tens.
+    """
+
+    __slots__ = ()
+
+
 def data_message(channel: str, seq: int, ts: int, data: Any, extra: dict[str, Any] | None = None) -> str:
     """A ``data`` message; built once per publication, shared by every subscriber."""
     msg: dict[str, Any] = {"type": "data", "channel": channel}
@@ -329,5 +341,7 @@ def data_message(channel: str, seq: int, ts: int, data: Any, extra: dict[str, An
         msg.update(extra)
     msg["seq"] = seq
     msg["ts"] = ts
+    if isinstance(data, RawJson):
+        return f"{dumps(msg)[:-1]},\"data\":{data}}}"
     msg["data"] = data
     return dumps(msg)

@@ -373,7 +373,7 @@ def test_orderbook_fixtures_snapshot_then_delta():
     ('{"topic":["x"],"type":"delta","ts":1,"data":{}}', "invalid topic ['x']"),
     ('{"topic":"tickers.X","type":"delta","ts":"1","data":{}}', "ts is not an integer: '1'"),
     ('{"topic":"tickers.X","type":"delta","ts":true,"data":{}}', "ts is not an integer: True"),
-    ('{"topic":"tickers.X","type":"delta","ts":1.5,"data":{}}', "ts is not an integer: Decimal('1.5')"),
+    ('{"topic":"tickers.X","type":"delta","ts":1.5,"data":{}}', "ts is not an integer: 1.5"),
     ('{"topic":"tickers.X","type":"delta","data":{}}', "missing ts"),
     ('{"topic":"tickers.X","type":"delta","ts":1,"cts":"2","data":{}}', "cts is not an integer"),
     ('{"topic":"tickers.X","type":"snapshot","ts":1,"data":{"symbol":"X","lastPrice":NaN}}',
@@ -558,7 +558,7 @@ def _client_json(update: object) -> object:
 def test_a_json_number_is_refused_where_bybit_sends_text():
     frame = json.loads(fixture("public_trade.json"))
     frame["data"][0]["p"] = 16578.5
-    with pytest.raises(BybitProtocolError, match=r"^p is not a decimal: Decimal\('16578.5'\)$") as info:
+    with pytest.raises(BybitProtocolError, match=r"^p is not a decimal: 16578.5$") as info:
         normalize(parse(json.dumps(frame)), Category.SPOT)
     assert info.value.reason == "bad_value"
 

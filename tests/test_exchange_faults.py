@@ -238,7 +238,8 @@ def test_valid_decimal_text_reaches_the_bridge_exactly(field, data):
     out = [m for m in stream.bridge.messages[before:] if isinstance(m, MarketData)]
     assert stream.bad("bad_value") == 0 and stream.resyncs() == 0
     assert [m.topic for m in out] == [topic]
-    assert json.dumps(text) in json.dumps(out[0].data)
+    data = out[0].data
+    assert json.dumps(text) in (data if isinstance(data, str) else json.dumps(data))  # book views come as JSON text
 
 
 def test_data_for_a_topic_never_subscribed_or_another_symbol_is_counted_not_fatal():
@@ -276,7 +277,7 @@ def test_one_gap_with_deltas_in_flight_is_one_resync():
     assert len(stream.bridge.of(BookReset)) == 1
     stream.feed(book_snapshot(500))
     stream.feed(book_delta(501))
-    views = [m.data for m in stream.bridge.of(MarketData) if m.topic == "orderbook.50.BTCUSDT"]
+    views = [json.loads(m.data) for m in stream.bridge.of(MarketData) if m.topic == "orderbook.50.BTCUSDT"]
     assert [v["updateId"] for v in views][-2:] == [500, 501] and stream.resyncs() == 1
 
 
