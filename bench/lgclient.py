@@ -299,8 +299,9 @@ async def open_connection(
     rcvbuf: int | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
+    protocol: type[BenchConnection] | None = None,
 ) -> BenchConnection:
-    """Connect, send the opening handshake, and wait for the 101."""
+    """Connect, send the opening handshake, and wait for the 101 (``protocol``: a subclass to use)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -314,6 +315,7 @@ async def open_connection(
     except BaseException:
         sock.close()
         raise
-    _, proto = await loop.create_connection(lambda: BenchConnection(stats, host, port, path, headers), sock=sock)
+    factory = protocol or BenchConnection
+    _, proto = await loop.create_connection(lambda: factory(stats, host, port, path, headers), sock=sock)
     await asyncio.wait_for(proto.handshake_done, timeout)
     return proto

@@ -21,6 +21,13 @@ stream actor → bridge → channel actor → each connection's outbox → socke
                      gateway of its own per --churn-workers process count.
   e  slow consumers  as b, with 1% of clients not reading: the others' p99
                      and delivered rate, what the slow ones get, gateway memory.
+  f  ingest          a Bybit-protocol feed (bench/ingest_feed.py) pushes S
+                     symbols × (orderbook.50, publicTrade, tickers) at rising
+                     rates; 1 and 10 clients take everything: the highest
+                     exchange rate sustained, server CPU per exchange
+                     message, p99 from the feed's write to the client, books
+                     checked against the feed's truth. Peers: cryptofeed, ccxt
+                     and pybit on the same feed (bench/ingest.py).
 
 Load generators are separate processes (bench/loadgen.py, asyncio + uvloop)
 and report their own CPU. Results: ``artifacts/bench/results.json`` and a
@@ -46,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import ingest
 from bench.lgclient import Histogram
 from bench.procs import (
     BENCH,
@@ -167,6 +175,29 @@ def busy_cores_snapshot() -> tuple[float, float]:
 
 
 # --- setup ---------------------------------------------------------------------------------
+
+
+def _pinned(name: str) -> str:
+    """``name==version`` as bench/requirements.txt pins it."""
+    for line in (BENCH / "requirements.txt").read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if spec.split("==", 1)[0].strip().lower() == name:
+            return spec
+    return name
+
+
+def ensure_feed_handlers(peers: list[str]) -> dict[str, str]:
+    """Install the (f) peers' libraries if missing (bench/requirements.txt's pins); {peer: reason} for the unusable."""
+    import importlib.util
+
+    missing: dict[str, str] = {}
+    for peer in peers:
+        if importlib.util.find_spec(peer) is not None:
+            continue
+        rc = subprocess.run([PY, "-m", "pip", "install", "--quiet", _pinned(peer)], capture_output=True, text=True)
+        if rc.returncode != 0:
+            missing[peer] = f"pip install {_pinned(peer)} failed: " + rc.stderr[-300:]
+    return missing
 
 
 def ensure_peers(peers: list[str]) -> dict[str, str]:
@@ -857,6 +888,16 @@ class Bench:
             best = max(churns, key=lambda r: r["cycles_per_s"])
             self.results["scenarios"]["d_churn"] = {"gateway": best, "runs": churns}
 
+    # -- f: ingest ------------------------------------------------------------------------------
+
+    def scenario_f(self) -> None:
+        bench = ingest.Ingest(self.args, self.log_dir, self.out_dir, self.app, self.log)
+        missing = ensure_feed_handlers(bench.peers)
+        for kind, reason in missing.items():
+            self.results["errors"][f"f peer {kind}"] = reason
+            bench.peers.remove(kind)
+        self.results["scenarios"]["f_ingest"] = bench.run(self.results["errors"])
+
     # -- profiles ------------------------------------------------------------------------------
 
     def profile(self, name: str, pid: int, seconds: float) -> str:
@@ -923,6 +964,11 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
                              f"{g['slow_cut_after_s']} s, slow clients saw {g['slow_ends']}")
         out["e"] = {"met": met, "target": "others' p99 within 2x of the run without slow clients; memory bounded",
                     "measured": "; ".join(parts)}
+    f = sc.get("f_ingest")
+    if f:
+        verdict = ingest.target(f)
+        if verdict:
+            out["f"] = verdict
     return out
 
 
@@ -1048,6 +1094,9 @@ def render(res: dict[str, Any]) -> str:
                                "others msg/s/client", "baseline msg/s/client", "gateway cut the slow (s)", "watched s",
                                "slow clients saw", "gateway sent", "RSS +KiB", "RSS bound KiB", "kernel TCP +KiB"],
                               rows))
+    f = sc.get("f_ingest")
+    if f:
+        parts.append(ingest.render(f, _table))
     t = res.get("targets", {})
     if t:
         parts.append("targets\n" + _table(["", "met", "target", "measured"],
@@ -1069,7 +1118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: few clients, short windows (~15 s)")
-    p.add_argument("--scenarios", default="a,b,c,d,e", help="subset to run, e.g. a,c (b and e run together)")
+    p.add_argument("--scenarios", default="a,b,c,d,e,f", help="subset to run, e.g. a,c (b and e run together)")
     p.add_argument("--peers", default="websockets,node_ws", help="peers to run beside the gateway ('' for none)")
     p.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "results.json"))
     p.add_argument("--window", type=float, default=3.0, help="seconds per burst measurement window")
@@ -1114,8 +1163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-app", default=None,
                    help="run this app.py instead of ours: a clean export of a commit (see docs/performance.md) or an "
                         "experiment wrapper")
+    ingest.add_arguments(p)
     args = p.parse_args(argv)
     if args.quick:
+        ingest.quick(args)
         args.window, args.warmup, args.repeat = 1.0, 0.3, 1
         args.burst_clients, args.peer_burst_clients = [1, 20], [20]
         args.paced_clients, args.paced_window, args.paced_workers = 100, 1.0, 1
@@ -1151,6 +1202,8 @@ def main(argv: list[str] | None = None) -> int:
         if "d" not in chosen:
             args.churn_seconds = 0
         bench.run("c+d", bench.scenario_c_d)
+    if "f" in chosen:
+        bench.run("f", bench.scenario_f)
     res["targets"] = targets(res)
     res["duration_s"] = round(time.monotonic() - started, 1)
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite: ``bench/run.py --quick`` runs every scenario and both peers.
+"""Smoke test of the benchmark suite: ``bench/run.py --quick`` runs every scenario and its peers.
 
 Real processes (gateway, firehose, simulator, peers, load generators) with a
 handful of clients for about half a minute. It checks that every scenario
@@ -34,8 +34,8 @@ pytestmark = pytest.mark.slow
 
 def test_every_scenario_and_target_is_reported(results: dict) -> None:
     assert results["errors"] == {}
-    assert set(results["scenarios"]) == {"a_burst", "b_paced", "c_capacity", "d_churn", "e_slow"}
-    assert set(results["targets"]) == {"a", "b", "c", "d", "e"}
+    assert set(results["scenarios"]) == {"a_burst", "b_paced", "c_capacity", "d_churn", "e_slow", "f_ingest"}
+    assert set(results["targets"]) == {"a", "b", "c", "d", "e", "f"}
     assert results["machine"]["nproc"] > 0 and results["machine"]["python"]
 
 
@@ -79,3 +79,23 @@ def test_slow_consumer_numbers(results: dict) -> None:
         assert sum(row["slow_ends"].values()) == row["slow_clients"]
         assert row["rss_max_kib"] > 0
     assert e["paced"]["others_p99_ms"] > 0
+
+
+def test_ingest_numbers_and_books(results: dict) -> None:
+    f = results["scenarios"]["f_ingest"]
+    assert f["gateway"]["symbols"] > 1
+    for run in f["gateway"]["runs"]:
+        rows = [r for r in run["rows"] if "exchange_per_s" in r]
+        assert rows, run
+        for row in rows:
+            assert row["exchange_per_s"] > 0 and row["server_us_per_msg"] > 0, row
+            assert row["client_msgs_per_s"] > 0 and row["samples"] > 0 and row["p99_ms"] >= row["p50_ms"], row
+            assert row["clients_open"] == run["clients"], row
+        # after the run, with nothing in flight, every client holds the feed's books and every trade
+        check = run["correctness"]
+        assert check["ok"], check
+        assert check["books_equal"] == check["books_checked"] == run["clients"] * f["gateway"]["symbols"]
+    for kind, peer in f["peers"].items():  # --quick runs one peer (pybit)
+        assert peer["frames_per_s"] > 0 and peer["frames_per_cpu_s"] > 0, (kind, peer)
+        assert peer["correctness"]["ok"], (kind, peer["correctness"])
+    assert f["peers"], "no feed-handler peer ran"

@@ -1,0 +1,1 @@
+"""Scenario (f) peers: Python feed handlers on the ingest feed (see common.py)."""
