@@ -752,10 +752,10 @@ class ExchangeStreamActor(SupervisedActor):
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")
             return
         self._resyncing.pop(topic, None)
-        view = book.view(min(self.settings.book_levels, update.depth))
-        if view is None:
+        text = book.view_json(min(self.settings.book_levels, update.depth), int(received * 1000))
+        if text is None:
             return
-        self._emit(topic, RawJson(view.to_json_text(int(received * 1000))), ts, received)
+        self._emit(topic, RawJson(text), ts, received)
 
     def _resync(self, topic: str, reason: str) -> None:
         """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot.

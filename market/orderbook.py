@@ -67,11 +67,12 @@ class _Side:
     at most ~1000 pointers); reading the top N is a slice.
     """
 
-    __slots__ = ("_bids", "_levels", "_prices")
+    __slots__ = ("_bids", "_levels", "_pairs", "_prices")
 
     def __init__(self, bids: bool) -> None:
         self._bids = bids
         self._levels: dict[Decimal, BookLevel] = {}
+        self._pairs: dict[Decimal, str] = {}  # price -> the level's JSON text (views join these)
         self._prices: list[Decimal] = []
 
     def load(self, levels: tuple[BookLevel, ...]) -> None:
@@ -79,10 +80,12 @@ class _Side:
         for level in levels:  # a zero size in a snapshot means no level
             if not level.size:
                 self._levels.pop(level.price, None)
+        self._pairs = {price: level.pair_text() for price, level in self._levels.items()}
         self._prices = sorted(self._levels)
 
     def clear(self) -> None:
         self._levels = {}
+        self._pairs = {}
         self._prices = []
 
     def set(self, level: BookLevel) -> bool:
@@ -91,11 +94,13 @@ class _Side:
         if not level.size:
             if self._levels.pop(price, None) is None:
                 return False
+            del self._pairs[price]
             del self._prices[bisect_left(self._prices, price)]
         else:
             if price not in self._levels:
                 insort(self._prices, price)
             self._levels[price] = level
+            self._pairs[price] = level.pair_text()
         return True
 
     def best(self) -> Decimal | None:
@@ -107,6 +112,11 @@ class _Side:
         levels = self._levels
         prices = reversed(self._prices[-n:]) if self._bids else self._prices[:n]
         return tuple(levels[p] for p in prices)
+
+    def top_json(self, n: int) -> str:
+        """The best ``n`` levels as JSON array items, ``["p","s"],...`` (joined in C)."""
+        prices = reversed(self._prices[-n:]) if self._bids else self._prices[:n]
+        return ",".join(map(self._pairs.__getitem__, prices))
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -230,6 +240,18 @@ class OrderBook:
             ts=self._ts,
             reset=self._reset,
         )
+
+    def view_json(self, top_n: int, received_ms: int) -> str | None:
+        """:meth:`view`'s JSON (:meth:`OrderBookView.to_json_text`) made straight from the
+        book, without the view's objects; ``None`` when not synced. The hot path of ingest."""
+        update_id = self._update_id
+        if not self._synced or update_id is None:
+            return None
+        seq = "null" if self._seq is None else self._seq
+        return (f'{{"symbol":"{self.symbol}","category":"{self.category}","depth":{self.depth},'
+                f'"bids":[{self._bids.top_json(top_n)}],"asks":[{self._asks.top_json(top_n)}],'
+                f'"updateId":{update_id},"seq":{seq},"ts":{self._ts},'
+                f'"reset":{"true" if self._reset else "false"},"receivedAt":{received_ms}}}')
 
     def best_bid(self) -> BookLevel | None:
         top = self._bids.top(1)

@@ -3,6 +3,7 @@ detected, and no view is ever unsorted or crossed."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from itertools import pairwise
 
@@ -328,3 +329,21 @@ def test_u_1_snapshot_replaces_any_book(old_u, old, new):
     assert {lv.price: lv.size for lv in view.asks} == new
     assert (view.update_id, view.reset) == (1, True)
     assert book.apply(delta(2)) is None
+
+
+@given(st.lists(st.tuples(st.integers(1, 200), st.integers(0, 5)), max_size=60))
+def test_the_json_view_is_the_view_as_json(moves):
+    """view_json, which the ingest path sends, says exactly what view() says."""
+    book = OrderBook(Category.SPOT, "BTCUSDT", 50)
+    bids = tuple(BookLevel(D(p), D(1), f'["{p}","1"]') for p in range(1, 40))
+    asks = tuple(BookLevel(D(p), D(2), f'["{p}","2"]') for p in range(300, 340))
+    book.apply(BookUpdate(Category.SPOT, "BTCUSDT", 50, True, bids, asks, 1, 7, 1000))
+    for u, (price, size) in enumerate(moves, start=2):
+        level = BookLevel(D(price), D(size), f'["{price}","{size}"]')
+        book.apply(BookUpdate(Category.SPOT, "BTCUSDT", 50, False, (level,) if price < 300 else (), (), u, None, 1000))
+    view = book.view(25)
+    if view is None:
+        assert book.view_json(25, 5) is None
+        return
+    expected = view.to_json_dict() | {"receivedAt": 5}
+    assert json.loads(book.view_json(25, 5)) == expected
