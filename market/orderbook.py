@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import StrEnum
 
 from .model import BookLevel, BookUpdate, Category, OrderBookView
@@ -60,66 +59,86 @@ class BookGap:
 
 
 class _Side:
-    """Levels of one side: a dict for lookups, a sorted price list for order.
+    """Levels of one side: a dict for lookups, a sorted key list for order.
 
-    Prices are kept ascending; the best bid is the last one, the best ask
+    Keys are the prices as floats: a float hashes and compares several times
+    faster than a Decimal, and a book of prices does little else. A decimal
+    price of up to 15 significant digits (every exchange price) maps to its
+    own float, in order; the exact price stays in each :class:`BookLevel`
+    and its JSON text. Two different prices on one float would be a book we
+    cannot keep: :meth:`set` refuses it (the caller resyncs).
+
+    Keys are kept ascending; the best bid is the last one, the best ask
     the first. Inserting is a binary search plus a list insert (a memmove of
     at most ~1000 pointers); reading the top N is a slice.
     """
 
-    __slots__ = ("_bids", "_levels", "_pairs", "_prices")
+    __slots__ = ("_bids", "_keys", "_levels", "_pairs")
 
     def __init__(self, bids: bool) -> None:
         self._bids = bids
-        self._levels: dict[Decimal, BookLevel] = {}
-        self._pairs: dict[Decimal, str] = {}  # price -> the level's JSON text (views join these)
-        self._prices: list[Decimal] = []
+        self._levels: dict[float, BookLevel] = {}
+        self._pairs: dict[float, str] = {}  # key -> the level's JSON text (views join these)
+        self._keys: list[float] = []
 
-    def load(self, levels: tuple[BookLevel, ...]) -> None:
-        self._levels = {level.price: level for level in levels}
-        for level in levels:  # a zero size in a snapshot means no level
-            if not level.size:
-                self._levels.pop(level.price, None)
-        self._pairs = {price: level.pair_text() for price, level in self._levels.items()}
-        self._prices = sorted(self._levels)
+    def load(self, levels: tuple[BookLevel, ...]) -> bool:
+        """Replace the side; ``False`` if two prices share a key (not a book we can keep)."""
+        held: dict[float, BookLevel] = {}
+        for level in levels:
+            key = float(level.price)
+            if not level.size:  # a zero size in a snapshot means no level
+                held.pop(key, None)
+                continue
+            other = held.get(key)
+            if other is not None and other.price != level.price:
+                self.clear()
+                return False
+            held[key] = level
+        self._levels = held
+        self._pairs = {key: level.pair_text() for key, level in held.items()}
+        self._keys = sorted(held)
+        return True
 
     def clear(self) -> None:
         self._levels = {}
         self._pairs = {}
-        self._prices = []
+        self._keys = []
 
     def set(self, level: BookLevel) -> bool:
-        """Apply one delta level; ``False`` if it deletes a level not here."""
-        price = level.price
+        """Apply one delta level; ``False`` if it deletes a level not here (or shares another's key)."""
+        key = float(level.price)
+        held = self._levels.get(key)
+        if held is not None and held.price != level.price:
+            return False
         if not level.size:
-            if self._levels.pop(price, None) is None:
+            if held is None:
                 return False
-            del self._pairs[price]
-            del self._prices[bisect_left(self._prices, price)]
+            del self._levels[key]
+            del self._pairs[key]
+            del self._keys[bisect_left(self._keys, key)]
         else:
-            if price not in self._levels:
-                insort(self._prices, price)
-            self._levels[price] = level
-            self._pairs[price] = level.pair_text()
+            if held is None:
+                insort(self._keys, key)
+            self._levels[key] = level
+            self._pairs[key] = level.pair_text()
         return True
 
-    def best(self) -> Decimal | None:
-        if not self._prices:
+    def best(self) -> float | None:
+        if not self._keys:
             return None
-        return self._prices[-1] if self._bids else self._prices[0]
+        return self._keys[-1] if self._bids else self._keys[0]
 
     def top(self, n: int) -> tuple[BookLevel, ...]:
-        levels = self._levels
-        prices = reversed(self._prices[-n:]) if self._bids else self._prices[:n]
-        return tuple(levels[p] for p in prices)
+        keys = reversed(self._keys[-n:]) if self._bids else self._keys[:n]
+        return tuple(map(self._levels.__getitem__, keys))
 
     def top_json(self, n: int) -> str:
         """The best ``n`` levels as JSON array items, ``["p","s"],...`` (joined in C)."""
-        prices = reversed(self._prices[-n:]) if self._bids else self._prices[:n]
-        return ",".join(map(self._pairs.__getitem__, prices))
+        keys = reversed(self._keys[-n:]) if self._bids else self._keys[:n]
+        return ",".join(map(self._pairs.__getitem__, keys))
 
     def __len__(self) -> int:
-        return len(self._prices)
+        return len(self._keys)
 
 
 class OrderBook:
@@ -183,8 +202,8 @@ class OrderBook:
                 f"applied to the book of {self.category}/{self.symbol}/{self.depth}"
             )
         if update.snapshot:
-            self._bids.load(update.bids)
-            self._asks.load(update.asks)
+            if not (self._bids.load(update.bids) and self._asks.load(update.asks)):
+                return self._gap(GapReason.UNKNOWN_LEVEL, None, update.update_id)
         else:
             last = self._update_id
             if not self._synced or last is None:

@@ -347,3 +347,16 @@ def test_the_json_view_is_the_view_as_json(moves):
         return
     expected = view.to_json_dict() | {"receivedAt": 5}
     assert json.loads(book.view_json(25, 5)) == expected
+
+
+def test_two_prices_that_one_float_cannot_tell_apart_are_a_gap_not_a_merged_level():
+    book = OrderBook(Category.SPOT, "BTCUSDT", 50)
+    snapshot = BookUpdate(Category.SPOT, "BTCUSDT", 50, True, (BookLevel(D("0.1"), D("1")),),
+                          (BookLevel(D("5"), D("1")),), 1, None, 1000)
+    assert book.apply(snapshot) is None
+    twin = BookLevel(D("0.10000000000000000001"), D("2"))  # a different price, the same float
+    gap = book.apply(BookUpdate(Category.SPOT, "BTCUSDT", 50, False, (twin,), (), 2, None, 1000))
+    assert gap is not None and gap.reason is GapReason.UNKNOWN_LEVEL
+    both = (BookLevel(D("0.1"), D("1")), twin)
+    assert book.apply(BookUpdate(Category.SPOT, "BTCUSDT", 50, True, both, (), 3, None, 1000)) is not None
+    assert book.view(5) is None
