@@ -11,17 +11,25 @@ Delivery is a callback: the broker calls ``on_publication`` for every
 publication on a channel this node subscribed to (including its own), and
 ``on_reconnected`` each time its upstream (Redis) is connected again, or for
 the first time, so the channels can catch up on what they missed.
+
+**Idempotency.** ``publish_many`` takes an optional ``id`` per publication
+(the publishing service's idempotency key). A broker remembers, per
+channel and epoch, the ids of the channel's last ``id_window``
+publications that carried one, no longer than the history itself
+(``history_ttl``): a publication whose id is remembered is not stored or
+delivered again, and answers the offset and epoch it got the first time
+(``Stored.duplicate``). A new epoch forgets the ids with the history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol.channels import Position
 
-__all__ = ["Broker", "BrokerUnavailable", "Publication"]
+__all__ = ["Broker", "BrokerUnavailable", "Outgoing", "Publication", "Stored"]
 
 
 class BrokerUnavailable(Exception):
@@ -51,12 +59,47 @@ class Publication:
         return Position(self.offset, self.epoch)
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One publication asked of :meth:`Broker.publish_many`.
+
+    ``text``: ``data`` as compact JSON when the caller has it already (it
+    encoded it to check its size); a broker that sends text uses it as is.
+    ``id``: the idempotency key, or None.
+    """
+
+    key: str
+    data: Any
+    ts: int
+    text: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What became of one :class:`Outgoing`: its publication, or the earlier one with the same id."""
+
+    publication: Publication
+    duplicate: bool = False
+
+
 class Broker(Protocol):
     on_publication: Callable[[Publication], None]
     on_reconnected: Callable[[], None]
 
     def publish(self, key: str, data: Any, ts: int) -> Publication:
         """Store and deliver; raises BrokerUnavailable rather than lose it."""
+
+    def publish_many(self, items: Sequence[Outgoing], *, id_window: int) -> list[Stored | BrokerUnavailable]:
+        """Store and deliver each item, in order; one answer per item, in the same order.
+
+        Never raises for the broker's state: an item the broker could not take
+        answers the BrokerUnavailable that says so (``maybe_stored`` when it
+        may have been stored all the same); the items after it are not tried
+        and answer BrokerUnavailable too (nothing of them stored). An item with an ``id`` remembered on its channel is
+        not published again (``Stored.duplicate``). ``id_window``: how many
+        ids each channel remembers (its last publications that carried one).
+        """
 
     def subscribe(self, key: str) -> None:
         """This node has local subscribers for ``key`` (idempotent)."""

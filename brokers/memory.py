@@ -4,6 +4,13 @@ History is kept per channel in memory: at most ``history_size``
 publications, none older than ``history_ttl`` seconds. The epoch of a
 channel is made when its history starts, so a restarted process answers
 ``recovered: false`` to positions from before the restart.
+
+Idempotency keys (``publish_many``) are kept with the history they belong
+to: per channel, the ids of its last ``id_window`` publications that carried
+one, each dropped once it is older than ``history_ttl``, all of them with
+the epoch. Channels untouched for ``history_ttl`` (their history would
+start again at the next use) are swept out every ``history_ttl``, so a
+channel published to once holds no memory for good.
 """
 
 from __future__ import annotations
@@ -11,11 +18,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from brokers.broker import Publication
+from brokers.broker import BrokerUnavailable, Outgoing, Publication, Stored
 from protocol.channels import Position
 
 __all__ = ["MemoryBroker"]
@@ -27,6 +34,9 @@ class _Stream:
     offset: int = 0
     items: deque[Publication] = field(default_factory=deque)
     touched: float = 0.0
+    # Idempotency keys of this epoch: id → its publication, and the ids in publication order.
+    ids: dict[str, Publication] = field(default_factory=dict)
+    id_order: deque[tuple[str, Publication]] = field(default_factory=deque)
 
 
 class MemoryBroker:
@@ -39,9 +49,12 @@ class MemoryBroker:
         self.on_reconnected: Callable[[], None] = lambda: None
         self._streams: dict[str, _Stream] = {}
         self._connections: dict[str, set[str]] = defaultdict(set)
+        self._next_sweep = clock() + history_ttl
 
-    def _stream(self, key: str) -> _Stream:
-        now = self.clock()
+    def _stream(self, key: str, now: float | None = None) -> _Stream:
+        now = self.clock() if now is None else now
+        if now >= self._next_sweep:
+            self._sweep(now)
         stream = self._streams.get(key)
         if stream is None or now - stream.touched > self.history_ttl:
             # Nothing kept (or all of it too old): a new history, a new epoch.
@@ -49,20 +62,53 @@ class MemoryBroker:
         stream.touched = now
         return stream
 
-    def _trim(self, stream: _Stream) -> None:
-        cutoff = (self.clock() - self.history_ttl) * 1000
+    def _trim(self, stream: _Stream, now: float | None = None) -> None:
+        cutoff = ((self.clock() if now is None else now) - self.history_ttl) * 1000
         items = stream.items
         while items and (len(items) > self.history_size or items[0].ts < cutoff):
             items.popleft()
 
-    def publish(self, key: str, data: Any, ts: int) -> Publication:
-        stream = self._stream(key)
+    def _sweep(self, now: float) -> None:
+        """Forget channels untouched for history_ttl: the next use would start a new history anyway."""
+        self._next_sweep = now + self.history_ttl
+        stale = [key for key, stream in self._streams.items() if now - stream.touched > self.history_ttl]
+        for key in stale:
+            del self._streams[key]
+
+    def _append(self, stream: _Stream, key: str, data: Any, ts: int, now: float | None = None) -> Publication:
         stream.offset += 1
         pub = Publication(key, stream.offset, stream.epoch, data, ts)
         stream.items.append(pub)
-        self._trim(stream)
+        self._trim(stream, now)
+        return pub
+
+    def publish(self, key: str, data: Any, ts: int) -> Publication:
+        pub = self._append(self._stream(key), key, data, ts)
         self.on_publication(pub)
         return pub
+
+    def publish_many(self, items: Sequence[Outgoing], *, id_window: int) -> list[Stored | BrokerUnavailable]:
+        now = self.clock()  # one moment for the whole batch (no item waits for another here)
+        cutoff = (now - self.history_ttl) * 1000
+        out: list[Stored | BrokerUnavailable] = []
+        for item in items:
+            stream = self._stream(item.key, now)
+            pid = item.id
+            if pid is not None:
+                ids, order = stream.ids, stream.id_order
+                while order and (len(order) > id_window or order[0][1].ts < cutoff):
+                    del ids[order.popleft()[0]]
+                seen = ids.get(pid)
+                if seen is not None:
+                    out.append(Stored(seen, duplicate=True))
+                    continue
+            pub = self._append(stream, item.key, item.data, item.ts, now)
+            if pid is not None:
+                stream.ids[pid] = pub
+                stream.id_order.append((pid, pub))
+            self.on_publication(pub)
+            out.append(Stored(pub))
+        return out
 
     def subscribe(self, key: str) -> None:
         pass

@@ -1,11 +1,24 @@
 """RedisBroker: many gateway processes, one set of channels (``REDIS_URL``).
 
-* **Publish** is one Lua script: the channel's offset rises by one
+* **Publish** is one Lua script, for one publication or a batch of them
+  (up to ``CHUNK_ITEMS`` per call; a bigger batch is several calls, one
+  after the other): for each, the channel's offset rises by one
   (``HINCRBY ws:meta:<key> offset``), the publication is appended to the
   channel's stream (``XADD ws:stream:<key> <offset>-0``, at most
-  ``history_size`` kept) and sent with ``PUBLISH ws:pub:<key>``. Stored and
-  sent together, or not at all: a publish that cannot reach Redis raises
-  :class:`BrokerUnavailable` and nothing was accepted.
+  ``history_size`` kept), and each channel's new publications go out in
+  one ``PUBLISH ws:pub:<key>`` (one JSON object, or an array of them when
+  the call holds several for that channel). Stored and sent together, or
+  not at all: a call that cannot reach Redis stores nothing, and its
+  publications (and those of the calls not yet made) are answered with
+  :class:`BrokerUnavailable`.
+* **Idempotency keys** are checked in the same script, so two nodes given
+  the same id at the same moment publish it once: ``ws:idem:<key>`` is a
+  sorted set of ids scored by their offset. An id found there is answered
+  with its offset and not published again. It holds the ids of the current
+  epoch only (``ws:meta:<key>`` field ``ie`` names the epoch they belong
+  to; a new epoch empties it), at most ``id_window`` of them (the oldest
+  go), and expires with the history (``history_ttl`` after the channel's
+  last publication).
 * **Epoch.** ``ws:meta:<key>`` holds the epoch; meta and stream expire
   after ``history_ttl`` seconds without a publication. When they are gone
   (expired, or Redis restarted without persistence) the next publish starts
@@ -38,7 +51,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +60,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from brokers.broker import BrokerUnavailable, Publication
+from brokers.broker import BrokerUnavailable, Outgoing, Publication, Stored
 from protocol.channels import Position
 
 __all__ = ["RedisBroker"]
@@ -56,6 +69,11 @@ log = logging.getLogger("gateway.broker")
 
 # Connections to Redis for commands (publish, history, connection counts), besides the listener's.
 POOL_SIZE = 8
+
+# Publications per script call: each call runs atomically in Redis, which
+# serves no one else meanwhile (about 10 µs each); a bigger batch is several calls.
+CHUNK_ITEMS = 250
+CHUNK_BYTES = 512 * 1024
 
 # Seconds between ERROR lines while Redis stays unreachable.
 UNREACHABLE_REPORT_EVERY = 30.0
@@ -68,19 +86,66 @@ def shown_url(url: str) -> str:
         return url
     return parts._replace(netloc=f"{parts.username or ''}:[redacted]@{parts.netloc.rsplit('@', 1)[1]}").geturl()
 
+# KEYS: per channel c (1-based) its meta, stream and idem keys at 3c-2, 3c-1, 3c.
+# ARGV: history_size, ttl, id_window, C (channels); per channel its pub/sub channel and a new
+# epoch (used if it has none); then per publication: channel number, id ('' for none), ts, data.
+# Returns {epochs (one per channel), {offset, duplicate (0/1)} flattened per publication}.
 _PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+local size, ttl, window, nc = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local epochs, out, withids, results = {}, {}, {}, {}
+for c = 1, nc do
+  local epoch = redis.call('HGET', KEYS[3 * c - 2], 'epoch')
+  if not epoch then
+    epoch = ARGV[4 + 2 * c]
+    redis.call('HSET', KEYS[3 * c - 2], 'epoch', epoch)
+  end
+  epochs[c] = epoch
+  out[c] = {}
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], offset .. '-0', 'd', ARGV[2], 't', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('PUBLISH', ARGV[1],
-  '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ARGV[3] .. ',"d":' .. ARGV[2] .. '}')
-return {offset, epoch}
+for i = 5 + 2 * nc, #ARGV, 4 do
+  local c, id, ts, d = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local meta, idem = KEYS[3 * c - 2], KEYS[3 * c]
+  local seen = false
+  if id ~= '' then
+    if not withids[c] then
+      withids[c] = true
+      if redis.call('HGET', meta, 'ie') ~= epochs[c] then
+        redis.call('DEL', idem)
+        redis.call('HSET', meta, 'ie', epochs[c])
+      end
+    end
+    seen = redis.call('ZSCORE', idem, id)
+  end
+  if seen then
+    results[#results + 1] = tonumber(seen)
+    results[#results + 1] = 1
+  else
+    local offset = redis.call('HINCRBY', meta, 'offset', 1)
+    redis.call('XADD', KEYS[3 * c - 1], 'MAXLEN', size, offset .. '-0', 'd', d, 't', ts)
+    if id ~= '' then
+      redis.call('ZADD', idem, offset, id)
+    end
+    local pubs = out[c]
+    pubs[#pubs + 1] = '{"o":' .. offset .. ',"e":"' .. epochs[c] .. '","t":' .. ts .. ',"d":' .. d .. '}'
+    results[#results + 1] = offset
+    results[#results + 1] = 0
+  end
+end
+for c = 1, nc do
+  redis.call('EXPIRE', KEYS[3 * c - 2], ttl)
+  redis.call('EXPIRE', KEYS[3 * c - 1], ttl)
+  redis.call('EXPIRE', KEYS[3 * c], ttl)
+  if withids[c] then
+    redis.call('ZREMRANGEBYRANK', KEYS[3 * c], 0, -window - 1)
+  end
+  local pubs = out[c]
+  if #pubs == 1 then
+    redis.call('PUBLISH', ARGV[3 + 2 * c], pubs[1])
+  elseif #pubs > 1 then
+    redis.call('PUBLISH', ARGV[3 + 2 * c], '[' .. table.concat(pubs, ',') .. ']')
+  end
+end
+return {epochs, results}
 """
 
 _POSITION = """
@@ -133,6 +198,24 @@ def _stream(key: str) -> str:
 
 def _pubsub(key: str) -> str:
     return f"ws:pub:{key}"
+
+
+def _idem(key: str) -> str:
+    return f"ws:idem:{key}"
+
+
+def _chunks(items: Sequence[Outgoing], texts: list[str]) -> list[range]:
+    """Index ranges of at most CHUNK_ITEMS publications and (unless one alone is more) CHUNK_BYTES of data."""
+    out: list[range] = []
+    start, size = 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start >= CHUNK_ITEMS or size + len(text) > CHUNK_BYTES):
+            out.append(range(start, i))
+            start, size = i, 0
+        size += len(text)
+    if start < len(texts):
+        out.append(range(start, len(texts)))
+    return out
 
 
 class _Silent(Exception):
@@ -191,18 +274,50 @@ class RedisBroker:
     # -- publishing and history -----------------------------------------------------
 
     def publish(self, key: str, data: Any, ts: int) -> Publication:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        try:
-            offset, epoch = self._publish(
-                keys=[_meta(key), _stream(key)],
-                args=[_pubsub(key), text, ts, secrets.token_hex(4), self.history_size, self.history_ttl],
-            )
-        except redis.TimeoutError as exc:
-            # Sent, unanswered: Redis may run the script when it resumes (a frozen server).
-            raise BrokerUnavailable(f"redis: {exc}", maybe_stored=True) from exc
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from exc
-        return Publication(key, int(offset), epoch.decode(), data, ts)
+        result = self.publish_many([Outgoing(key, data, ts)], id_window=0)[0]
+        if isinstance(result, BrokerUnavailable):
+            raise result
+        return result.publication
+
+    def publish_many(self, items: Sequence[Outgoing], *, id_window: int) -> list[Stored | BrokerUnavailable]:
+        texts = [item.text if item.text is not None
+                 else json.dumps(item.data, separators=(",", ":"), ensure_ascii=False) for item in items]
+        out: list[Stored | BrokerUnavailable] = []
+        failed: BrokerUnavailable | None = None
+        for chunk in _chunks(items, texts):
+            if failed is not None:
+                # Not tried: nothing of these was stored, whatever became of the call that failed.
+                out += [BrokerUnavailable(f"not tried after: {failed}")] * len(chunk)
+                continue
+            try:
+                out += self._publish_chunk([items[i] for i in chunk], [texts[i] for i in chunk], id_window)
+            except redis.TimeoutError as exc:
+                # Sent, unanswered: Redis may run the script when it resumes (a frozen server).
+                failed = BrokerUnavailable(f"redis: {exc}", maybe_stored=True)
+                out += [failed] * len(chunk)
+            except redis.RedisError as exc:
+                failed = BrokerUnavailable(f"redis: {exc}")
+                out += [failed] * len(chunk)
+        return out
+
+    def _publish_chunk(self, items: list[Outgoing], texts: list[str], id_window: int) -> list[Stored]:
+        channels: dict[str, int] = {}
+        keys: list[str] = []
+        head: list[Any] = [self.history_size, self.history_ttl, max(1, id_window), 0]
+        body: list[Any] = []
+        for item, text in zip(items, texts, strict=True):
+            c = channels.get(item.key)
+            if c is None:
+                c = channels[item.key] = len(channels) + 1
+                keys += [_meta(item.key), _stream(item.key), _idem(item.key)]
+                head += [_pubsub(item.key), secrets.token_hex(4)]
+            body += [c, item.id or "", item.ts, text]
+        head[3] = len(channels)
+        epochs, results = self._publish(keys=keys, args=head + body)
+        names = [epoch.decode() for epoch in epochs]
+        return [Stored(Publication(item.key, int(results[2 * i]), names[channels[item.key] - 1], item.data, item.ts),
+                       duplicate=bool(results[2 * i + 1]))
+                for i, item in enumerate(items)]
 
     def position(self, key: str) -> Position:
         try:
@@ -366,11 +481,14 @@ class RedisBroker:
         key = channel.decode()[len("ws:pub:"):]
         try:
             msg = json.loads(payload)
-            pub = Publication(key, int(msg["o"]), msg["e"], msg["d"], int(msg["t"]))
+            # One publication, or several of one script call (a batch) in offset order.
+            pubs = [Publication(key, int(m["o"]), m["e"], m["d"], int(m["t"]))
+                    for m in (msg if isinstance(msg, list) else [msg])]
         except (ValueError, KeyError, TypeError):
             log.warning("malformed publication from redis", extra={"fields": {"channel": key}})
             return
-        self.on_publication(pub)
+        for pub in pubs:
+            self.on_publication(pub)
 
     # -- connection counts ------------------------------------------------------------
 

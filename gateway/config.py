@@ -62,6 +62,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_LEEWAY", "10", "seconds of clock skew allowed on exp"),
     Variable("DEMO_MODE", "false", "generate a key (kept in .demo/jwt_secret) and allow POST /api/demo/token"),
     Variable("SERVICE_API_KEY", "", "bearer key for POST /api/publish (service-role tokens work too)"),
+    Variable("PUBLISH_BATCH_MAX", "1000", "publications in one POST /api/publish/batch (400 too_many_publications "
+             "above)"),
+    Variable("PUBLISH_BODY_BYTES", "1048576", "request body of POST /api/publish and /api/publish/batch in bytes "
+             "(413 too_large above)"),
+    Variable("PUBLISH_DATA_BYTES", "65536", "one publication's data, as compact JSON, in bytes (too_large above)"),
     Variable("WS_MAX_CONNECTIONS_PER_USER", "5", "the next connection of that user is closed with 4503"),
     Variable("WS_MAX_CHANNELS", "100", "channel subscriptions per connection"),
     Variable("WS_MAX_MESSAGE_SIZE", "65536", "inbound message size in bytes (1009 above)"),
@@ -118,7 +123,7 @@ _BY_NAME = {v.name: v for v in VARIABLES}
 INTERNAL = frozenset({"GATEWAY_WORKER"})
 # A name starting with one of these is ours: if it is not a setting, it is a typo.
 PREFIXES = ("WS_", "JWT_", "GATEWAY_", "BYBIT_", "MARKET_", "UPSTREAM_", "RESTART_", "CIRCUIT_", "HISTORY_",
-            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API", "REDIS_PROBE", "REDIS_RETRY")
+            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API", "REDIS_PROBE", "REDIS_RETRY", "PUBLISH_")
 # What Kubernetes injects for every service (a service named ws-gateway gives
 # WS_GATEWAY_SERVICE_HOST, WS_GATEWAY_PORT_3001_TCP, ...): not typos.
 _SERVICE_LINKS = re.compile(
@@ -237,6 +242,10 @@ class Settings:
     demo_key_generated: bool = False  # DEMO_MODE without a key: a throwaway one was made (app.py keeps it)
     authenticator: Authenticator = field(default_factory=lambda: Authenticator(verify_key=demo_secret()))
     service_api_key: str | None = None
+    # the publishing API (gateway/http.py)
+    publish_batch_max: int = 1000
+    publish_body_bytes: int = 1024 * 1024
+    publish_data_bytes: int = 64 * 1024
     max_connections_per_user: int = 5
     max_channels_per_connection: int = 100
     max_message_size: int = 64 * 1024
@@ -347,6 +356,9 @@ class Settings:
             demo_key_generated=generated,
             authenticator=authenticator,
             service_api_key=e.text("SERVICE_API_KEY"),
+            publish_batch_max=e.int("PUBLISH_BATCH_MAX", 1, 100_000),
+            publish_body_bytes=e.int("PUBLISH_BODY_BYTES", 1024),
+            publish_data_bytes=e.int("PUBLISH_DATA_BYTES", 16),
             max_connections_per_user=e.int("WS_MAX_CONNECTIONS_PER_USER", 1),
             max_channels_per_connection=e.int("WS_MAX_CHANNELS", 1),
             max_message_size=e.int("WS_MAX_MESSAGE_SIZE", 125),

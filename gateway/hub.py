@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -23,7 +23,7 @@ import pykka
 from actors.channel import ChannelActor
 from actors.directory import Session
 from actors.messages import CatchUp, Deliver, Join, Leave, Publish
-from brokers.broker import Broker, Publication
+from brokers.broker import Broker, BrokerUnavailable, Outgoing, Publication, Stored
 from brokers.memory import MemoryBroker
 from metrics.definitions import Metrics, labelled
 from protocol.auth import Principal
@@ -159,6 +159,10 @@ class Hub:
     def publish_shared(self, key: ChannelKey, data: Any, ts: int) -> Publication:
         """Publish on a brokered channel (every node); raises BrokerUnavailable instead of losing it."""
         return self.broker.publish(key, data, ts)
+
+    def publish_many(self, items: Sequence[Outgoing], *, id_window: int) -> list[Stored | BrokerUnavailable]:
+        """Publish a batch on brokered channels, in order: one answer per item (brokers/broker.py)."""
+        return self.broker.publish_many(items, id_window=id_window)
 
     def _delivered(self, pub: Publication) -> None:
         ref = self.existing_channel(ChannelKey(pub.key))

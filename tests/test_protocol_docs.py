@@ -412,7 +412,7 @@ def _http_examples(gw: GatewayProcess, r: Reality) -> None:
     r.http[f"GET /ws {refused.value.status_code}"].append(json.loads(refused.value.resp_body))
     for example in HTTP_REQUESTS:
         _, method, path = example.kind.split()
-        headers = {"Authorization": f"Bearer {SERVICE_KEY}"} if path == "/api/publish" else {}
+        headers = {"Authorization": f"Bearer {SERVICE_KEY}"} if path.startswith("/api/publish") else {}
         status, body = _http(method, gw.http + path, example.obj, headers)
         r.requests[example.line] = status
         r.http[f"{method} {path} {status}"].append(body)
