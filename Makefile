@@ -37,6 +37,7 @@ token: $(STAMP)        ## make token USER=alice [ROLE=service] [BOTS=bot-1,bot-2
 bench: $(STAMP)        ## every scenario and peer (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m pip install --quiet -r bench/requirements.txt && cd bench/peers/node && npm ci --no-audit --no-fund --silent
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/publish_rate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts .demo
