@@ -26,7 +26,7 @@ lint: $(STAMP)         ## ruff
 
 types: $(STAMP)        ## mypy: strict on the pure layers, plain on the rest (settings in pyproject.toml)
 	$(VENV)/bin/mypy --strict protocol market transport/frames.py transport/handshake.py brokers/broker.py metrics
-	$(VENV)/bin/mypy app.py gateway actors transport brokers simulator supervision.py _supervision
+	$(VENV)/bin/mypy app.py gateway actors transport brokers audit simulator supervision.py _supervision
 	$(VENV)/bin/mypy --strict clients/python/src
 
 imports: $(STAMP)      ## the layers: the contract in tests/test_layers.py (every import, read from the source)

@@ -67,6 +67,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PUBLISH_BODY_BYTES", "1048576", "request body of POST /api/publish and /api/publish/batch in bytes "
              "(413 too_large above)"),
     Variable("PUBLISH_DATA_BYTES", "65536", "one publication's data, as compact JSON, in bytes (too_large above)"),
+    Variable("ADMIN_API_KEY", "", "bearer key for /api/admin/* and /api/audit/* (admin-role tokens work too)"),
+    Variable("BOT_COMMAND_TIMEOUT", "30000", "ms a bot command may take before it is timed_out (a command's "
+             "timeoutMs may ask for less or more, up to 10 minutes)"),
+    Variable("DATA_DIR", "data", "directory of the embedded audit database (audit.sqlite3)"),
+    Variable("DATABASE_URL", "", "postgresql://user:password@host/db for the audit trail; unset: SQLite in "
+             "DATA_DIR; none: no audit trail"),
+    Variable("AUDIT_REDACT_KEYS", "password,secret,token,apiKey,apiSecret,privateKey,passphrase",
+             "params keys (any depth, any case) recorded as \"[redacted]\" in the audit trail"),
+    Variable("AUDIT_BUFFER", "100000", "audit records held while the database is down (then AUDIT_OVERFLOW)"),
+    Variable("AUDIT_OVERFLOW", "drop", "past AUDIT_BUFFER: drop (count and log; commands flow) or refuse (new "
+             "bot commands get audit_unavailable)"),
+    Variable("AUDIT_FLUSH_INTERVAL", "200", "ms between the audit writer's batches"),
     Variable("WS_MAX_CONNECTIONS_PER_USER", "5", "the next connection of that user is closed with 4503"),
     Variable("WS_MAX_CHANNELS", "100", "channel subscriptions per connection"),
     Variable("WS_MAX_MESSAGE_SIZE", "65536", "inbound message size in bytes (1009 above)"),
@@ -123,7 +135,8 @@ _BY_NAME = {v.name: v for v in VARIABLES}
 INTERNAL = frozenset({"GATEWAY_WORKER"})
 # A name starting with one of these is ours: if it is not a setting, it is a typo.
 PREFIXES = ("WS_", "JWT_", "GATEWAY_", "BYBIT_", "MARKET_", "UPSTREAM_", "RESTART_", "CIRCUIT_", "HISTORY_",
-            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API", "REDIS_PROBE", "REDIS_RETRY", "PUBLISH_")
+            "WORKER", "POPULAR_PAIR", "DEMO_", "SHUTDOWN_", "SERVICE_API", "REDIS_PROBE", "REDIS_RETRY", "PUBLISH_",
+            "ADMIN_", "BOT_COMMAND", "AUDIT_", "DATABASE_", "DATA_DIR")
 # What Kubernetes injects for every service (a service named ws-gateway gives
 # WS_GATEWAY_SERVICE_HOST, WS_GATEWAY_PORT_3001_TCP, ...): not typos.
 _SERVICE_LINKS = re.compile(
@@ -233,6 +246,24 @@ def _redis_url(raw: str | None) -> str | None:
     return raw
 
 
+def _database_url(raw: str | None) -> str | None:
+    """DATABASE_URL: unset (SQLite in DATA_DIR), none, sqlite:///path or postgresql://…"""
+    if raw is None:
+        return None
+    if raw.lower() == "none":
+        return "none"
+    scheme = urlsplit(raw).scheme
+    if scheme in ("postgresql", "postgres"):
+        if not urlsplit(raw).hostname and "host=" not in raw:
+            raise ConfigError(f"DATABASE_URL must name a host: postgresql://user:password@host/db, "
+                              f"got {redact(raw)!r}")
+        return raw
+    if scheme == "sqlite" and raw.startswith("sqlite:///") and len(raw) > len("sqlite:///"):
+        return raw
+    raise ConfigError(f"DATABASE_URL must be postgresql://user:password@host/db, sqlite:///path or none, "
+                      f"got {redact(raw)!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
@@ -246,6 +277,16 @@ class Settings:
     publish_batch_max: int = 1000
     publish_body_bytes: int = 1024 * 1024
     publish_data_bytes: int = 64 * 1024
+    # bot commands, the audit trail and the admin API
+    admin_api_key: str | None = None
+    bot_command_timeout: float = 30.0
+    data_dir: str = "data"
+    database_url: str | None = None  # None: SQLite in data_dir; "none": no audit trail
+    audit_redact_keys: tuple[str, ...] = ("password", "secret", "token", "apiKey", "apiSecret", "privateKey",
+                                          "passphrase")
+    audit_buffer: int = 100_000
+    audit_overflow: str = "drop"  # drop | refuse
+    audit_flush_interval: float = 0.2
     max_connections_per_user: int = 5
     max_channels_per_connection: int = 100
     max_message_size: int = 64 * 1024
@@ -359,6 +400,14 @@ class Settings:
             publish_batch_max=e.int("PUBLISH_BATCH_MAX", 1, 100_000),
             publish_body_bytes=e.int("PUBLISH_BODY_BYTES", 1024),
             publish_data_bytes=e.int("PUBLISH_DATA_BYTES", 16),
+            admin_api_key=e.text("ADMIN_API_KEY"),
+            bot_command_timeout=e.ms("BOT_COMMAND_TIMEOUT", 100),
+            data_dir=e.raw("DATA_DIR"),
+            database_url=_database_url(e.text("DATABASE_URL")),
+            audit_redact_keys=e.items("AUDIT_REDACT_KEYS"),
+            audit_buffer=e.int("AUDIT_BUFFER", 1),
+            audit_overflow=e.choice("AUDIT_OVERFLOW", ("drop", "refuse")),
+            audit_flush_interval=e.ms("AUDIT_FLUSH_INTERVAL", 1),
             max_connections_per_user=e.int("WS_MAX_CONNECTIONS_PER_USER", 1),
             max_channels_per_connection=e.int("WS_MAX_CHANNELS", 1),
             max_message_size=e.int("WS_MAX_MESSAGE_SIZE", 125),

@@ -141,6 +141,14 @@ class Metrics:
     internal_queue_depth: Histogram
     # --- the broker ---------------------------------------------------------
     redis_connected: Gauge
+    # --- bot commands, the audit trail, the admin API -------------------------
+    bot_commands: Counter
+    audit_pending: Gauge
+    audit_written: Counter
+    audit_dropped: Counter
+    audit_write_errors: Counter
+    audit_database_up: Gauge
+    admin_actions: Counter
 
 
 def build(registry: CollectorRegistry | None = None) -> Metrics:
@@ -252,6 +260,22 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
     m.update(
         redis_connected=Gauge("ws_redis_connected", "1 while this node's connection to Redis (REDIS_URL) is up",
                               registry=None),
+    )
+    # --- bot commands, the audit trail, the admin API -------------------------
+    # state: a protocol.commands state (sent, accepted, succeeded, failed,
+    # timed_out) or duplicate (a resend answered from the stored command).
+    m.update(
+        bot_commands=Counter("ws_bot_commands", "Bot command state changes, by state (sent: stored and routed "
+                             "to the owning service)", ["state"], registry=r),
+        audit_pending=Gauge("ws_audit_pending", "Audit records waiting for the database (bounded by AUDIT_BUFFER)",
+                            registry=r),
+        audit_written=Counter("ws_audit_written", "Audit records written to the database", registry=r),
+        audit_dropped=Counter("ws_audit_dropped", "Audit records dropped past AUDIT_BUFFER while the database "
+                              "was down (AUDIT_OVERFLOW=drop)", registry=r),
+        audit_write_errors=Counter("ws_audit_write_errors", "Failed audit batch writes (retried)", registry=r),
+        audit_database_up=Gauge("ws_audit_database_up", "1 while the audit database takes writes", registry=r),
+        admin_actions=Counter("ws_admin_actions", "Admin API actions taken, by action (revoke_token, "
+                              "revoke_user, disconnect)", ["action"], registry=r),
     )
     names = {f.name for f in fields(Metrics)}
     return Metrics(**{k: v for k, v in m.items() if k in names})

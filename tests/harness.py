@@ -8,15 +8,18 @@ wait on frames (never sleeps) and read exact close codes.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -28,6 +31,17 @@ import websocket
 
 ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+
+
+_DATA_DIRS: list[str] = []
+
+
+def _data_dir() -> str:
+    if not _DATA_DIRS:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _DATA_DIRS])
+    path = tempfile.mkdtemp(prefix="gateway-data-")
+    _DATA_DIRS.append(path)
+    return path
 
 
 class GatewayProcess:
@@ -42,6 +56,9 @@ class GatewayProcess:
             "LOG_LEVEL": "DEBUG",
             "PYTHONUNBUFFERED": "1",
             "MARKET_SOURCE": "none",
+            # The audit trail's SQLite file: one directory per gateway object (kept across its
+            # restarts, removed when the test process ends), never the working tree.
+            "DATA_DIR": _data_dir(),
             **(env or {}),
         }
         self.args = args or []

@@ -33,19 +33,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the actor runtime and the pure supervision core", ("_supervision.runtime", "_supervision.core",
                                                          "_supervision.decision_log")),
     ("the simulated exchange", ("simulator",)),
-    ("I/O: the WebSocket layer and the brokers", ("transport", "brokers")),
+    ("I/O: the WebSocket layer, the brokers, the audit database", ("transport", "brokers", "audit")),
     ("pure: the protocols, market data, metric names", ("protocol", "market", "metrics")),
 ]
 # Modules that must stay free of I/O: no event loop, no actors, no sockets, no clients.
 PURE = ("protocol", "market", "metrics", "transport.frames", "transport.handshake", "brokers.broker",
-        "_supervision.core", "_supervision.decision_log")
-IO_MODULES = ("gevent", "pykka", "redis", "websocket", "flask", "werkzeug", "socket", "geventwebsocket")
+        "_supervision.core", "_supervision.decision_log", "audit.records")
+IO_MODULES = ("gevent", "pykka", "redis", "websocket", "flask", "werkzeug", "socket", "geventwebsocket", "psycopg",
+              "psycopg2", "sqlite3")
 # The simulator is the oracle the Bybit parser is tested against: no shared code either way.
 INDEPENDENT = [("simulator", "market")]
 ENTRIES = [
     ROOT / "app.py", ROOT / "supervision.py",
-    *[p for d in ("gateway", "actors", "_supervision", "simulator", "transport", "brokers", "protocol", "market",
-                  "metrics") for p in (ROOT / d).rglob("*.py")],
+    *[p for d in ("gateway", "actors", "_supervision", "simulator", "transport", "brokers", "audit", "protocol",
+                  "market", "metrics") for p in (ROOT / d).rglob("*.py")],
 ]
 
 
