@@ -3,7 +3,7 @@
 The composition root: builds the hub, the gateway, the HTTP app and the
 pywsgi server on one port, installs signal handlers, and serves until
 SIGTERM/SIGINT. :func:`cli` is the installed command, ``trading-gateway
-serve | token | simulator``; ``serve --help`` lists every setting with its
+serve | token | simulator | audit``; ``serve --help`` lists every setting with its
 default (:data:`gateway.config.VARIABLES`).
 
 A setting that cannot work, or a port that cannot be bound, is one
@@ -25,11 +25,14 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
 
+from audit.store import open_store
+from audit.writer import AuditLog
 from brokers.memory import MemoryBroker
 from gateway.config import DEMO_SECRET_FILE, VARIABLES, ConfigError, Settings, unknown_variables
 from gateway.http import create_app
@@ -84,6 +87,9 @@ class System:
         self.supervisor.shutdown(timeout_per_child=max(0.1, min(2.0, (deadline - time.monotonic()) / 4)))
         self.market.stop()
         self.gateway.hub.broker.close()
+        self.gateway.commands.stop()
+        if self.gateway.audit is not None:
+            self.gateway.audit.close(timeout=max(0.1, min(2.0, deadline - time.monotonic() - 1.0)))
         self.server.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
         if self.own_server is not None:
             self.own_server.stop(timeout=0.1)
@@ -107,8 +113,8 @@ def _demo_settings(settings: Settings) -> Settings:
         secret, auth.algorithms, auth.audience, auth.issuer, auth.leeway, signing_key=secret))
 
 
-class BindError(Exception):
-    """A listening socket cannot be had; the text says which setting to change."""
+class StartError(Exception):
+    """The gateway cannot start (a port, DATA_DIR); the text says which setting to change."""
 
 
 def _listen(host: str, port: int, setting: str, *, reuse_port: bool = False) -> socket.socket:
@@ -120,7 +126,7 @@ def _listen(host: str, port: int, setting: str, *, reuse_port: bool = False) -> 
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror:
-        raise BindError(f"HOST={host} cannot be resolved") from None
+        raise StartError(f"HOST={host} cannot be resolved") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,9 +142,28 @@ def _listen(host: str, port: int, setting: str, *, reuse_port: bool = False) -> 
             errno.EACCES: f"no permission to listen on port {port} ({setting}): ports below 1024 need privileges",
             errno.EADDRNOTAVAIL: f"HOST={host} is not an address of this machine",
         }
-        raise BindError(reasons.get(exc.errno, f"cannot listen on {host}:{port} ({setting}): {exc.strerror}")) from None
+        raise StartError(reasons.get(exc.errno, f"cannot listen on {host}:{port} ({setting}): {exc.strerror}")
+                         ) from None
     sock.setblocking(False)
     return sock
+
+
+def _audit(settings: Settings, metrics: Any) -> AuditLog | None:
+    """The audit trail (docs/operations.md): SQLite under DATA_DIR unless DATABASE_URL says otherwise.
+
+    Migrations are applied here; a database that cannot be reached at start
+    is one ERROR line, and the writer keeps trying (commands flow meanwhile)."""
+    try:
+        store = open_store(settings.database_url, settings.data_dir)
+    except OSError as exc:
+        raise StartError(f"DATA_DIR {settings.data_dir!r} cannot hold the audit database: {exc}") from None
+    if store is None:
+        return None
+    audit = AuditLog(store, metrics, buffer=settings.audit_buffer, flush_interval=settings.audit_flush_interval,
+                     redact_keys=settings.audit_redact_keys, overflow=settings.audit_overflow,
+                     node=f"{socket.gethostname()}:{os.getpid()}")
+    audit.start()
+    return audit
 
 
 def build(settings: Settings, worker: int | None = None) -> System:
@@ -154,7 +179,8 @@ def build(settings: Settings, worker: int | None = None) -> System:
     else:
         broker = MemoryBroker(history_size=settings.history_size, history_ttl=settings.history_ttl)
     hub = Hub(metrics, max_connections_per_user=settings.max_connections_per_user, broker=broker)
-    gateway = Gateway(settings, metrics, hub)
+    audit = _audit(settings, metrics)
+    gateway = Gateway(settings, metrics, hub, audit)
     supervisor = Supervisor("root", metrics=metrics, on_escalate=lambda reason: exit_process(reason))
     market = MarketFeeds(settings, hub, supervisor, metrics)
 
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return WorkerPool(settings).run()
     try:
         system = build(settings, worker)
-    except BindError as exc:
+    except StartError as exc:
         log.critical("cannot start: %s", exc)
         return 2
     system.start()
@@ -262,14 +288,25 @@ def cli(argv: list[str] | None = None) -> int:
     from gateway import token
     from simulator import __main__ as simulator
 
-    commands = {
+    def audit(rest: list[str]) -> int:
+        from audit.cli import main as audit_main
+
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            print(f"cannot read the settings: {exc}", file=sys.stderr)
+            return 2
+        return audit_main(rest, settings.database_url, settings.data_dir)
+
+    commands: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "serve": (main, "start the gateway (settings from the environment; serve --help lists them)"),
         "token": (token.main, "mint a JWT for a user or a service (token --help)"),
         "simulator": (simulator.main, "run the local Bybit v5 simulator on its own (simulator --help)"),
+        "audit": (audit, "the audit trail: migrate, commands, revocations (audit --help)"),
     }
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in commands:
-        usage = "usage: trading-gateway {serve,token,simulator} ...\n\n" + "\n".join(
+        usage = "usage: trading-gateway {serve,token,simulator,audit} ...\n\n" + "\n".join(
             f"  {name:<10} {text}" for name, (_, text) in commands.items())
         known = bool(args) and args[0] in ("-h", "--help")
         print(usage, file=sys.stdout if known else sys.stderr)

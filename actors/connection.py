@@ -4,11 +4,11 @@ Takes: :class:`Inbound` (a parsed client message), :class:`Rejected` (a
 message that failed to parse), :class:`CloseConnection`,
 :class:`Disconnected`, :class:`SubscriptionRevoked`.
 Does: joins and leaves channels through the :class:`actors.directory.Directory`
-(the hub); publishes bot commands on the brokered ``bot-commands``
-channel; writes its replies (``subscribed``, ``pong``, ``error`` ...) into
-the connection's outbox, the only writer of the socket. Data from channels
-never passes through it: channel actors push frames into the outbox
-themselves.
+(the hub); hands bot commands, reports and status queries to the
+gateway's command desk (:class:`actors.directory.Commands`); writes its
+replies (``subscribed``, ``pong``, ``error`` ...) into the connection's
+outbox, the only writer of the socket. Data from channels never passes
+through it: channel actors push frames into the outbox themselves.
 
 It knows the gateway only through its :class:`actors.directory.ConnectionContext`
 (limits, a token verifier, metrics, the directory). The socket's reader
@@ -21,26 +21,25 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from actors.directory import ConnectionContext, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected, SubscriptionRevoked
-from brokers.broker import BrokerUnavailable
 from metrics.definitions import labelled
 from protocol.auth import AuthError
 from protocol.channels import BROKERED_CHANNELS, SERVICE_CHANNELS, Channel, ChannelKey, keys_for
 from protocol.close_codes import CLOSE_CODES, CloseCode
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.limits import TokenBucket
 from protocol.messages import (
     BotCommand,
+    BotCommandReport,
+    BotCommandStatus,
     Ping,
     Refresh,
     Subscribe,
     Unsubscribe,
-    bot_command_ack_message,
     error_message,
     pong_message,
     refreshed_message,
@@ -58,7 +57,8 @@ log = logging.getLogger("gateway.connection")
 
 # Metric label: the protocol's name of each client message type.
 _TYPE_NAMES = {Subscribe: "subscribe", Unsubscribe: "unsubscribe", Ping: "ping", Refresh: "refresh",
-               BotCommand: "bot_command"}
+               BotCommand: "bot_command", BotCommandStatus: "bot_command_status",
+               BotCommandReport: "bot_command_report"}
 
 # More errors than WS_ERROR_BUDGET within the window closes the connection with 4003.
 ERROR_WINDOW = 10.0
@@ -159,8 +159,8 @@ class ConnectionActor(GeventActor):
             self._send(pong_message(msg.data, _now_ms(), msg.request_id), "pong")
         elif isinstance(msg, Refresh):
             self._refresh(msg)
-        elif isinstance(msg, BotCommand):
-            self._bot_command(msg)
+        elif isinstance(msg, BotCommand | BotCommandStatus | BotCommandReport):
+            self._command(msg)
 
     def _subscribe(self, msg: Subscribe) -> None:
         channel, params = msg.channel, msg.params
@@ -180,6 +180,8 @@ class ConnectionActor(GeventActor):
                         request_id=msg.request_id, channel=channel.value)
             return
         self.subscriptions[ident] = keys
+        if channel in SERVICE_CHANNELS:
+            self.context.commands.register_service(self.principal)
         if channel in BROKERED_CHANNELS:
             # One key; the channel confirms, with the position and whether the
             # missed publications since ``msg.since`` could be recovered.
@@ -230,26 +232,20 @@ class ConnectionActor(GeventActor):
         self.session.principal = principal
         self._send(refreshed_message(int(principal.expires_at * 1000), msg.request_id), "refreshed")
 
-    def _bot_command(self, msg: BotCommand) -> None:
-        bots = self.principal.bots
-        if bots is not None and msg.bot_id not in bots:
-            self._error(ErrorCode.FORBIDDEN, f"bot {msg.bot_id[:40]!r} does not belong to this user",
-                        request_id=msg.request_id)
-            return
-        key = ChannelKey(Channel.BOT_COMMANDS.value)
-        services = self.directory.service_receivers(key)
-        if not services:
-            self._error(ErrorCode.NO_SERVICE, "no bot service is connected; try again later",
-                        request_id=msg.request_id)
-            return
-        command_id = uuid.uuid4().hex
-        data = {"commandId": command_id, "userId": self.principal.user_id, "botId": msg.bot_id,
-                "command": msg.command, "params": msg.params, "sessionId": self.session.session_id}
+    def _command(self, msg: BotCommand | BotCommandStatus | BotCommandReport) -> None:
+        commands = self.context.commands
         try:
-            self.directory.publish_shared(key, data, _now_ms())
-        except BrokerUnavailable as exc:
-            self._error(ErrorCode.NO_SERVICE, "bot services cannot be reached now; the command may have been "
-                        "sent: check before sending it again" if exc.maybe_stored else
-                        "bot services cannot be reached now; try again later", request_id=msg.request_id)
+            if isinstance(msg, BotCommandReport):
+                if not self.principal.is_service:
+                    raise ProtocolError(ErrorCode.FORBIDDEN, "only platform services report on commands",
+                                        request_id=msg.request_id)
+                frames = commands.report(self.principal, msg)
+            elif isinstance(msg, BotCommandStatus):
+                frames = commands.status(self.principal, msg)
+            else:
+                frames = commands.submit(self.principal, self.session.session_id, msg)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, request_id=exc.request_id)
             return
-        self._send(bot_command_ack_message(command_id, services, msg.request_id), "bot_command_ack")
+        for text, kind in frames:
+            self._send(text, kind)

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from brokers.broker import Publication
 from metrics.definitions import Metrics
 from protocol.auth import Principal
 from protocol.channels import ChannelKey, Position
+from protocol.messages import BotCommand, BotCommandReport, BotCommandStatus
 from transport.outbox import Outbox
 
-__all__ = ["ConnectionContext", "ConnectionLimits", "Directory", "Session"]
+__all__ = ["Commands", "ConnectionContext", "ConnectionLimits", "Directory", "Session"]
 
 
 @dataclass(slots=True)
@@ -48,11 +48,20 @@ class Directory(Protocol):
     def close_session(self, session: Session) -> None:
         """Forget the session and leave every channel (idempotent)."""
 
-    def service_receivers(self, key: ChannelKey) -> int:
-        """How many platform services would receive a publication on ``key`` now."""
 
-    def publish_shared(self, key: ChannelKey, data: Any, ts: int) -> Publication:
-        """Store and deliver on a brokered channel; raises BrokerUnavailable rather than lose it."""
+
+class Commands(Protocol):
+    """Bot commands (gateway/commands.py): each call returns the frames to send as
+    (text, message type), or raises ProtocolError for an ``error`` reply."""
+
+    def register_service(self, principal: Principal) -> None:
+        """A service subscribes to bot-commands: it owns the bots its token's ``serves`` names."""
+
+    def submit(self, principal: Principal, session_id: str, msg: BotCommand) -> list[tuple[str, str]]: ...
+
+    def status(self, principal: Principal, msg: BotCommandStatus) -> list[tuple[str, str]]: ...
+
+    def report(self, principal: Principal, msg: BotCommandReport) -> list[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,7 @@ class ConnectionLimits:
 class ConnectionContext:
     directory: Directory
     limits: ConnectionLimits
-    verify: Callable[[str], Principal]  # a refresh token → its principal, or AuthError
+    verify: Callable[[str], Principal]  # a refresh token → its principal, or AuthError (revoked too)
     metrics: Metrics
+    commands: Commands
     clock: Callable[[], float] = time.monotonic  # for the budgets; tests pass a fake one

@@ -128,6 +128,27 @@ class Broker(Protocol):
     def refresh_connections(self, sessions: list[tuple[str, str]]) -> None:
         """Keep this node's connections counted (they expire if the node dies)."""
 
+    # -- small shared records: bot commands and the services that own bots --------
+
+    def record_put(self, key: str, text: str, ttl: float) -> str | None:
+        """Store ``text`` under ``key`` unless something is there; None, or the text already there.
+
+        Raises BrokerUnavailable (``maybe_stored`` when the write may have happened)."""
+
+    def record_get(self, key: str) -> str | None:
+        """The text under ``key``, or None; raises BrokerUnavailable."""
+
+    def record_swap(self, key: str, expected: str, text: str, ttl: float) -> bool:
+        """Replace ``expected`` with ``text`` atomically; False when ``key`` holds something else."""
+
+    def record_delete(self, key: str) -> None: ...
+
+    def register_service(self, service: str, patterns: Sequence[str]) -> None:
+        """``service`` serves the bots ``patterns`` name (its token's ``serves`` claim)."""
+
+    def services(self) -> dict[str, tuple[str, ...]]:
+        """Every service ever registered, with its patterns (whether connected or not)."""
+
     def healthy(self) -> bool: ...
 
     def stats(self) -> dict[str, Any]: ...

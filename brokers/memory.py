@@ -50,6 +50,9 @@ class MemoryBroker:
         self._streams: dict[str, _Stream] = {}
         self._connections: dict[str, set[str]] = defaultdict(set)
         self._next_sweep = clock() + history_ttl
+        self._records: dict[str, tuple[str, float]] = {}  # key -> (text, expires at)
+        self._next_record_sweep = 0.0
+        self._services: dict[str, tuple[str, ...]] = {}
 
     def _stream(self, key: str, now: float | None = None) -> _Stream:
         now = self.clock() if now is None else now
@@ -155,6 +158,45 @@ class MemoryBroker:
 
     def refresh_connections(self, sessions: list[tuple[str, str]]) -> None:
         pass
+
+    def _record(self, key: str) -> str | None:
+        entry = self._records.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self._records[key]
+            return None
+        return entry[0]
+
+    def record_put(self, key: str, text: str, ttl: float) -> str | None:
+        now = self.clock()
+        if len(self._records) > 10_000 and now >= self._next_record_sweep:
+            self._next_record_sweep = now + 60.0
+            for stale in [k for k, (_, expires) in self._records.items() if expires <= now]:
+                del self._records[stale]
+        existing = self._record(key)
+        if existing is not None:
+            return existing
+        self._records[key] = (text, now + ttl)
+        return None
+
+    def record_get(self, key: str) -> str | None:
+        return self._record(key)
+
+    def record_swap(self, key: str, expected: str, text: str, ttl: float) -> bool:
+        if self._record(key) != expected:
+            return False
+        self._records[key] = (text, self.clock() + ttl)
+        return True
+
+    def record_delete(self, key: str) -> None:
+        self._records.pop(key, None)
+
+    def register_service(self, service: str, patterns: Sequence[str]) -> None:
+        self._services[service] = tuple(patterns)
+
+    def services(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._services)
 
     def healthy(self) -> bool:
         return True

@@ -159,6 +159,15 @@ local offset = redis.call('HGET', KEYS[1], 'offset') or '0'
 return {tonumber(offset), epoch}
 """
 
+# KEYS[1]: a record; ARGV: the text expected there, the new text, its ttl in ms.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -218,6 +227,10 @@ def _chunks(items: Sequence[Outgoing], texts: list[str]) -> list[range]:
     return out
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class _Silent(Exception):
     """The subscription delivered nothing, not even this node's probe, for too long."""
 
@@ -259,6 +272,7 @@ class RedisBroker:
         self._position = self.redis.register_script(_POSITION)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._refresh = self.redis.register_script(_REFRESH)
+        self._swap = self.redis.register_script(_SWAP)
         self._keys: set[str] = set()
         self._pubsub: Any = None
         self._subscribing = False  # the current pub/sub connection takes SUBSCRIBE commands
@@ -516,6 +530,62 @@ class RedisBroker:
                 self._refresh(args=args)
             except redis.RedisError:
                 return
+
+    # -- small shared records: bot commands, the services that own bots ---------------
+
+    def record_put(self, key: str, text: str, ttl: float) -> str | None:
+        try:
+            for _ in range(3):
+                if self.redis.set(f"ws:rec:{key}", text, nx=True, px=max(1, int(ttl * 1000))):
+                    return None
+                existing = self.redis.get(f"ws:rec:{key}")
+                if existing is not None:  # else it expired between the two calls: try again
+                    return _text(existing)
+        except redis.TimeoutError as exc:
+            raise BrokerUnavailable(f"redis: {exc}", maybe_stored=True) from exc
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        raise BrokerUnavailable("redis: the record kept expiring under us")
+
+    def record_get(self, key: str) -> str | None:
+        try:
+            value = self.redis.get(f"ws:rec:{key}")
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        return None if value is None else _text(value)
+
+    def record_swap(self, key: str, expected: str, text: str, ttl: float) -> bool:
+        try:
+            return bool(self._swap(keys=[f"ws:rec:{key}"], args=[expected, text, max(1, int(ttl * 1000))]))
+        except redis.TimeoutError as exc:
+            raise BrokerUnavailable(f"redis: {exc}", maybe_stored=True) from exc
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+
+    def record_delete(self, key: str) -> None:
+        try:
+            self.redis.delete(f"ws:rec:{key}")
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+
+    def register_service(self, service: str, patterns: Sequence[str]) -> None:
+        try:
+            self.redis.hset("ws:services", service, json.dumps(list(patterns)))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+
+    def services(self) -> dict[str, tuple[str, ...]]:
+        try:
+            entries = self.redis.hgetall("ws:services")
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+        out: dict[str, tuple[str, ...]] = {}
+        for name, patterns in entries.items():
+            try:
+                out[_text(name)] = tuple(str(p) for p in json.loads(patterns))
+            except (ValueError, TypeError):
+                continue  # not ours: skipped, not fatal
+        return out
 
     def healthy(self) -> bool:
         return self._connected

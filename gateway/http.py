@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from brokers.broker import BrokerUnavailable, Outgoing, Stored
+from gateway.admin_api import blueprint as admin_blueprint
 from gateway.dashboard import blueprint as dashboard_blueprint
 from protocol.auth import AuthError, Principal
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
@@ -240,6 +241,7 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
                stats_sections: list[Callable[[], tuple[str, Any]]] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.register_blueprint(dashboard_blueprint)
+    app.register_blueprint(admin_blueprint(gateway))
     app.config["MAX_CONTENT_LENGTH"] = OTHER_BODY_BYTES
     settings = gateway.settings
     # A retried batch must find every id it published: at least the history, at least a whole batch.

@@ -27,7 +27,7 @@ from brokers.broker import Broker, BrokerUnavailable, Outgoing, Publication, Sto
 from brokers.memory import MemoryBroker
 from metrics.definitions import Metrics, labelled
 from protocol.auth import Principal
-from protocol.channels import BROKERED_CHANNELS, ChannelKey, Position
+from protocol.channels import BROKERED_CHANNELS, CONTROL_KEY, RESULTS_KEY, ChannelKey, Position
 from transport.outbox import Outbox
 
 __all__ = ["ConnectionLimitExceeded", "Hub"]
@@ -60,6 +60,13 @@ class Hub:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
         self.on_channel_count: list[Callable[[ChannelKey, int], None]] = []
+        # Brokered keys that are no channel (protocol/channels.py): command results for
+        # the users' connections here, admin actions for this node. Set by the gateway.
+        self.on_result: Callable[[Any], None] = lambda data: None
+        self.on_control: Callable[[Any], None] = lambda data: None
+        self.on_broker_back: list[Callable[[], None]] = []  # after each (re)connection of the broker
+        self.broker.subscribe(RESULTS_KEY)
+        self.broker.subscribe(CONTROL_KEY)
 
     # -- connections -----------------------------------------------------------
 
@@ -164,7 +171,25 @@ class Hub:
         """Publish a batch on brokered channels, in order: one answer per item (brokers/broker.py)."""
         return self.broker.publish_many(items, id_window=id_window)
 
+    def send_to_user(self, user: str, text: str, kind: str) -> int:
+        """Queue ``text`` on every connection of ``user`` on this node (not their services'); how many."""
+        sent = 0
+        for session_id in self.by_user.get(user, ()):
+            session = self.sessions.get(session_id)
+            if session is not None and session.conn is not None and not session.principal.is_service:
+                if session.conn.send_text(text):
+                    sent += 1
+        if sent:
+            labelled(self.metrics.messages_sent, "-", kind).inc(sent)
+        return sent
+
     def _delivered(self, pub: Publication) -> None:
+        if pub.key == RESULTS_KEY:
+            self.on_result(pub.data)
+            return
+        if pub.key == CONTROL_KEY:
+            self.on_control(pub.data)
+            return
         ref = self.existing_channel(ChannelKey(pub.key))
         if ref is not None:
             try:
@@ -173,6 +198,8 @@ class Hub:
                 pass
 
     def _broker_reconnected(self) -> None:
+        for callback in self.on_broker_back:
+            callback()
         for key, ref in list(self.channels.items()):
             if _public_name(key) in BROKERED_CHANNELS and ref.is_alive():
                 ref.tell(CatchUp())

@@ -14,6 +14,7 @@ token expires without a refresh.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import resource
 import socket
@@ -28,11 +29,16 @@ import pykka
 from actors.connection import ConnectionActor
 from actors.directory import ConnectionContext, ConnectionLimits, Session
 from actors.messages import CloseConnection, Disconnected, Inbound, Rejected
+from audit.records import CommandRecord
+from audit.writer import AuditLog
+from gateway.admin import Admin
+from gateway.commands import CommandDesk
 from gateway.config import Settings
 from gateway.hub import ConnectionLimitExceeded, Hub
 from metrics.definitions import Metrics, labelled
 from protocol.auth import AuthError, Principal
 from protocol.close_codes import CLOSE_CODES, CloseCode
+from protocol.commands import Command
 from protocol.errors import ProtocolError
 from protocol.messages import connection_message, parse
 from transport.frames import Opcode, encode_frame
@@ -68,11 +74,31 @@ def open_file_capacity(reserved: int = 256) -> int:
     return max(16, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - reserved)
 
 
+def _audit_record(cmd: Command) -> CommandRecord:
+    ms = 1000.0
+    return CommandRecord(cmd.user_id, cmd.command_id, cmd.bot_id, cmd.command, cmd.params, cmd.state.value,
+                         cmd.version, cmd.node, cmd.service, cmd.created_at / ms,
+                         None if cmd.accepted_at is None else cmd.accepted_at / ms,
+                         None if cmd.finished_at is None else cmd.finished_at / ms, cmd.result, cmd.session_id)
+
+
 class Gateway:
-    def __init__(self, settings: Settings, metrics: Metrics, hub: Hub) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, hub: Hub, audit: AuditLog | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.hub = hub
+        self.audit = audit
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        # Bot commands (gateway/commands.py) and admin actions (gateway/admin.py), on every node.
+        self.commands = CommandDesk(
+            hub.broker, metrics, node=self.node, default_timeout=settings.bot_command_timeout,
+            receivers=hub.service_receivers,
+            on_change=(lambda cmd: audit.command(_audit_record(cmd))) if audit is not None else (lambda cmd: None),
+            accepting=(lambda: audit.accepting) if audit is not None else (lambda: True))
+        self.commands.deliver_local = lambda user, text: hub.send_to_user(user, text, "bot_command_result")
+        hub.on_result = self.commands.result_published
+        self.admin = Admin(hub, metrics, audit, node=self.node)
+        self.admin.load()  # the revocations in force, before the first handshake
         self.ws_path = settings.ws_path
         self.ws_paths = frozenset({settings.ws_path, ECHO_PATH} if settings.test_echo_route else {settings.ws_path})
         self.draining = False
@@ -94,8 +120,9 @@ class Gateway:
             limits=ConnectionLimits(max_channels=settings.max_channels_per_connection,
                                     command_rate=settings.command_rate, command_burst=settings.command_burst,
                                     error_budget=settings.error_budget),
-            verify=settings.authenticator.verify,
+            verify=self.admin.verify(settings.authenticator.verify),
             metrics=metrics,
+            commands=self.commands,
         )
         self.admitted = 0
         self.by_address: dict[str, int] = {}
@@ -123,6 +150,7 @@ class Gateway:
         token, protocol = self._token(environ)
         try:
             principal = self.settings.authenticator.verify(token)
+            self.admin.check(principal)
         except AuthError as exc:
             labelled(self.metrics.auth_failures, exc.reason).inc()
             raise Rejection("401 Unauthorized", f"token_{exc.reason}", exc.message) from None

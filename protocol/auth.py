@@ -21,8 +21,9 @@ from jwt.types import Options
 
 __all__ = ["AuthError", "Authenticator", "Principal", "mint_token"]
 
-AUTH_FAILURE_REASONS = ("missing", "malformed", "expired", "bad_signature", "bad_claims")
+AUTH_FAILURE_REASONS = ("missing", "malformed", "expired", "bad_signature", "bad_claims", "revoked")
 SERVICE_ROLE = "service"
+ADMIN_ROLE = "admin"
 
 
 class AuthError(Exception):
@@ -41,10 +42,16 @@ class Principal:
     role: str = "user"
     bots: frozenset[str] | None = None
     claims: dict[str, Any] = field(default_factory=dict, compare=False)
+    jti: str | None = None  # the token's id: what POST /api/admin/revoke names
+    issued_at: float = 0.0  # iat; 0 without one (a user revocation covers such a token)
 
     @property
     def is_service(self) -> bool:
         return self.role == SERVICE_ROLE
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN_ROLE
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,15 @@ class Authenticator:
         if not isinstance(sub, str) or not sub or len(sub) > 128:
             raise AuthError("bad_claims", "the token's sub must be a non-empty string")
         bots = claims.get("bots")
+        jti, iat = claims.get("jti"), claims.get("iat")
         return Principal(
             user_id=sub,
             expires_at=float(claims["exp"]),
             role=claims.get("role", "user") if isinstance(claims.get("role"), str) else "user",
             bots=frozenset(b for b in bots if isinstance(b, str)) if isinstance(bots, list) else None,
             claims=claims,
+            jti=jti if isinstance(jti, str) and jti else None,
+            issued_at=float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else 0.0,
         )
 
     def mint(self, user: str, *, ttl: float = 3600.0, role: str | None = None, **claims: Any) -> str:
@@ -101,7 +111,8 @@ class Authenticator:
 def mint_token(key: Any, user: str, *, algorithm: str = "HS256", ttl: float = 3600.0, role: str | None = None,
                audience: str | None = None, issuer: str | None = None, **claims: Any) -> str:
     now = int(time.time())
-    payload: dict[str, Any] = {"sub": user, "iat": now, "exp": now + int(ttl), **claims}
+    payload: dict[str, Any] = {"sub": user, "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(8),
+                               **claims}
     if role:
         payload["role"] = role
     if audience:

@@ -131,9 +131,18 @@ def keys_for(channel: Channel, params: MarketParams | None, user: str) -> list[C
     if channel is Channel.MARKET_DATA:
         assert params is not None
         return [market_key(params.exchange, params.category, params.symbol, s) for s in params.streams]
-    if channel in PRIVATE_CHANNELS:
+    if channel in PRIVATE_CHANNELS or channel in SERVICE_CHANNELS:
+        # bot-commands: each service its own key, ``bot-commands#<service>``,
+        # where the commands for the bots it owns are published.
         return [ChannelKey(f"{channel.value}#{user}")]
     return [ChannelKey(channel.value)]
+
+
+# Brokered keys that are no channel: every node listens to them from the start.
+# Command states for the issuing user's connections (any node), and admin
+# actions (revocations, disconnects) every node must apply.
+RESULTS_KEY = ChannelKey("gateway:bot-command-results")
+CONTROL_KEY = ChannelKey("gateway:control")
 
 
 def private_key(channel: Channel, user: str) -> ChannelKey:

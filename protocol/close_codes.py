@@ -36,6 +36,8 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4001
     HEARTBEAT_TIMEOUT = 4002
     RATE_LIMITED = 4003
+    DISCONNECTED = 4004
+    TOKEN_REVOKED = 4501
     CONNECTION_LIMIT = 4503
 
 
@@ -89,6 +91,14 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
         "rate limited", ClientAction.BACK_OFF,
         "More than 20 `error` replies within 10 s: the client keeps sending what the "
         "protocol refuses. Fix it, then reconnect after a backoff."),
+    CloseCode.DISCONNECTED: CloseInfo(
+        "disconnected by an operator", ClientAction.BACK_OFF,
+        "An operator closed this user's connections (POST /api/admin/disconnect). The token is still "
+        "good: reconnect after a backoff."),
+    CloseCode.TOKEN_REVOKED: CloseInfo(
+        "token revoked", ClientAction.DO_NOT_RECONNECT,
+        "The token, or every token of the user issued until then, was revoked (POST /api/admin/revoke). "
+        "Do not reconnect with the same token: it is refused at the handshake (401 token_revoked)."),
     CloseCode.CONNECTION_LIMIT: CloseInfo(
         "too many connections", ClientAction.BACK_OFF,
         "Temporary: the user already has the maximum number of open connections. Close another "

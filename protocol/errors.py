@@ -24,6 +24,10 @@ class ErrorCode(StrEnum):
     NO_SERVICE = "no_service"
     UPSTREAM_REJECTED = "upstream_rejected"
     RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID_STATE = "invalid_state"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
     INTERNAL = "internal_error"
 
 
@@ -37,11 +41,19 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.TOO_MANY_CHANNELS: "The connection already holds the maximum number of subscriptions.",
     ErrorCode.INVALID_TOKEN: "A `refresh` token is malformed, forged or expired.",
     ErrorCode.TOKEN_SUBJECT_MISMATCH: "A `refresh` token belongs to another user (`sub`).",
-    ErrorCode.NO_SERVICE: "No platform service that handles bot commands is connected.",
+    ErrorCode.NO_SERVICE: "No platform service that owns the bot is connected (or the broker cannot reach "
+                          "them now); nothing was sent unless the message says it may have been.",
     ErrorCode.UPSTREAM_REJECTED: "The exchange rejected the subscription (for example an unknown symbol).",
     ErrorCode.RATE_LIMITED: "More messages than the connection's budget (`WS_COMMAND_RATE` a second): this one "
                             "was not handled. Slow down; errors past the error budget close the connection "
                             "with 4003.",
+    ErrorCode.NOT_FOUND: "No command with this `commandId` for this user (never sent, or older than a day).",
+    ErrorCode.CONFLICT: "This `commandId` was already used for another command (another bot, command or "
+                        "params); nothing was sent.",
+    ErrorCode.INVALID_STATE: "A service's report is not a step forward from the command's state (already "
+                             "finished, timed out, or accepted by another replica); the message names the state.",
+    ErrorCode.AUDIT_UNAVAILABLE: "The audit trail cannot record the command (`AUDIT_OVERFLOW=refuse` and the "
+                                 "database is down past `AUDIT_BUFFER`); nothing was sent.",
     ErrorCode.INTERNAL: "The gateway failed to handle the request; retry later.",
 }
 

@@ -20,10 +20,13 @@ from protocol.channels import (
     Position,
     parse_market_params,
 )
+from protocol.commands import COMMAND_ID, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, REPORTABLE, CommandState
 from protocol.errors import ErrorCode, ProtocolError
 
 __all__ = [
     "BotCommand",
+    "BotCommandReport",
+    "BotCommandStatus",
     "ClientMessage",
     "Ping",
     "RawJson",
@@ -72,9 +75,30 @@ class BotCommand:
     command: str
     params: dict[str, Any]
     request_id: str | None = None
+    command_id: str | None = None  # chosen by the client: a resend with it is answered, not sent again
+    timeout_ms: int | None = None
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Refresh | BotCommand
+@dataclass(frozen=True, slots=True)
+class BotCommandStatus:
+    """Where is my command? (after a reconnect): answered with ``bot_command_result``."""
+
+    command_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BotCommandReport:
+    """A service reports a command's progress: ``accepted``, ``succeeded`` or ``failed``."""
+
+    command_id: str
+    user_id: str
+    state: CommandState
+    result: Any = None
+    request_id: str | None = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Refresh | BotCommand | BotCommandStatus | BotCommandReport
 
 
 MAX_DEPTH = 32  # objects and arrays nested in one message, the envelope included
@@ -195,6 +219,16 @@ def _subscription(obj: dict[str, Any], rid: str | None) -> tuple[Channel, Market
         raise
 
 
+def _command_id(data: dict[str, Any], rid: str | None, *, required: bool) -> str | None:
+    command_id = data.get("commandId")
+    if command_id is None and not required:
+        return None
+    if not isinstance(command_id, str) or not COMMAND_ID.match(command_id):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.commandId must be 1-64 characters of "
+                            "A-Z a-z 0-9 . _ : -", request_id=rid)
+    return command_id
+
+
 def _since(value: Any, rid: str | None) -> Position | None:
     if value is None:
         return None
@@ -243,7 +277,33 @@ def parse(text: str) -> ClientMessage:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.params must be an object", request_id=rid)
         if "userId" in data:
             raise ProtocolError(ErrorCode.FORBIDDEN, "bot commands always act for the token's own user", request_id=rid)
-        return BotCommand(bot_id, command, params, rid)
+        timeout = data.get("timeoutMs")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                    or not MIN_TIMEOUT_MS <= timeout <= MAX_TIMEOUT_MS):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"data.timeoutMs must be an integer from "
+                                f"{MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}", request_id=rid)
+        return BotCommand(bot_id, command, params, rid, _command_id(data, rid, required=False), timeout)
+    if kind == "bot_command_status":
+        data = obj.get("data")
+        command_id = _command_id(data if isinstance(data, dict) else {}, rid, required=True)
+        assert command_id is not None
+        return BotCommandStatus(command_id, rid)
+    if kind == "bot_command_report":
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "bot_command_report needs data with commandId, userId "
+                                "and state", request_id=rid)
+        command_id = _command_id(data, rid, required=True)
+        assert command_id is not None
+        user = data.get("userId")
+        if not isinstance(user, str) or not user or len(user) > 128:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.userId must be the command's user",
+                                request_id=rid)
+        state = data.get("state")
+        if not isinstance(state, str) or state not in {s.value for s in REPORTABLE}:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data.state must be accepted, succeeded or failed",
+                                request_id=rid)
+        return BotCommandReport(command_id, user, CommandState(state), data.get("result"), rid)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}", request_id=rid)
 
 
@@ -318,9 +378,26 @@ def refreshed_message(expires_at: int, request_id: str | None) -> str:
     return dumps(_with_id({"type": "refreshed", "expiresAt": expires_at}, request_id))
 
 
-def bot_command_ack_message(command_id: str, delivered_to: int, request_id: str | None) -> str:
-    return dumps(_with_id({"type": "bot_command_ack", "data": {"commandId": command_id,
-                                                              "deliveredTo": delivered_to}}, request_id))
+def bot_command_ack_message(command_id: str, state: str, request_id: str | None, *,
+                            duplicate: bool = False, delivered_to: int | None = None) -> str:
+    """A ``bot_command`` stored and sent to the owning service (or, ``duplicate``, already known).
+
+    ``deliveredTo``: the owning service's listeners it went out to (its connections on this node,
+    or the nodes holding one with Redis); absent on a duplicate, which is not sent again."""
+    data: dict[str, Any] = {"commandId": command_id, "state": state, "duplicate": duplicate}
+    if delivered_to is not None:
+        data["deliveredTo"] = delivered_to
+    return dumps(_with_id({"type": "bot_command_ack", "data": data}, request_id))
+
+
+def bot_command_result_message(data: dict[str, Any], request_id: str | None = None) -> str:
+    """A command's state (``Command.to_user``): pushed on every change, or the answer to a status query."""
+    return dumps(_with_id({"type": "bot_command_result", "data": data}, request_id))
+
+
+def bot_command_report_ack_message(command_id: str, state: str, request_id: str | None) -> str:
+    return dumps(_with_id({"type": "bot_command_report_ack", "data": {"commandId": command_id, "state": state}},
+                          request_id))
 
 
 class RawJson(str):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -56,7 +58,9 @@ from trading_gateway_client import (  # noqa: E402 - importable once ensure_clie
     BlockingClient,
     BookView,
     BotCommandAck,
+    BotCommandRefused,
     BotCommandRequest,
+    BotCommandResult,
     ClientCore,
     ClosedByGateway,
     Connection,
@@ -72,6 +76,8 @@ from trading_gateway_client import (  # noqa: E402 - importable once ensure_clie
     ReconnectPolicy,
     Refreshed,
     RefreshSchedule,
+    ReportRefused,
+    ReportRefusedError,
     RequestError,
     Resync,
     SeqGap,
@@ -113,6 +119,10 @@ def test_every_close_code_is_answered_as_its_row_says():
     for code, info in CLOSE_CODES.items():
         decision = policy.after_close(code, info.reason, attempt=3, can_renew_token=True, closed_by_client=False,
                                       rng=random.Random(code))
+        if code == 4501:  # revoked: not with this token; get_token is asked for another (see the core's test)
+            assert decision.reconnect and decision.renew_token
+            decision = policy.after_close(code, info.reason, attempt=3, can_renew_token=False,
+                                          closed_by_client=False, rng=random.Random(code))
         if info.action is Action.DO_NOT_RECONNECT:
             assert not decision.reconnect and isinstance(decision.error, ClosedByGateway), code
             assert str(code) in str(decision.error) and "do not reconnect" in str(decision.error)
@@ -394,6 +404,193 @@ def test_the_order_book_follows_views_resyncs_and_disconnects():
     assert book.ready and book.mid == 101.5
     core.closed(1006, "", 1001.0)
     assert not book.ready and book.stale and book.best_bid is not None  # kept, but not trusted
+
+
+# =====================================================================================
+# Bot commands in the core: a bot's commands, a service's reports
+# =====================================================================================
+
+
+def ack_frame(pending: Any, *, state: str = "sent", duplicate: bool = False, rid: str | None = None) -> str:
+    body: dict[str, Any] = {"commandId": pending.command_id, "state": state, "duplicate": duplicate}
+    if not duplicate:
+        body["deliveredTo"] = 1
+    return frame(type="bot_command_ack", id=rid or pending.request_id, data=body)
+
+
+def result_frame(command_id: str, state: str, result: Any = None, rid: str | None = None, bot: str = "bot-7",
+                 command: str = "stop") -> str:
+    msg: dict[str, Any] = {"type": "bot_command_result", "data": {"commandId": command_id, "botId": bot,
+                                                                   "command": command, "state": state,
+                                                                   "result": result, "ts": 1}}
+    if rid is not None:
+        msg["id"] = rid
+    return json.dumps(msg)
+
+
+def states(events: list[Any]) -> list[tuple[str, str]]:
+    return [(e.command_id, e.state) for e in events if isinstance(e, BotCommandResult)]
+
+
+@unit
+def test_a_command_gets_an_id_of_its_own_and_each_state_is_delivered_once():
+    core = new_core()
+    open_core(core)
+    pending = core.send_command("bot-7", "stop", {"reason": "x"}, timeout_ms=5000)
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", pending.command_id)
+    assert sent(core) == [{"type": "bot_command", "id": pending.request_id,
+                           "data": {"botId": "bot-7", "command": "stop", "params": {"reason": "x"},
+                                    "commandId": pending.command_id, "timeoutMs": 5000}}]
+    assert core.send_command("bot-7", "stop", {"reason": "y"}).command_id != pending.command_id  # a new id each
+    ack = core.receive(ack_frame(pending), 1000.0)
+    assert ack == [BotCommandAck(pending.command_id, 1, pending.request_id, "sent", False)]
+    cid = pending.command_id
+    events = [e for text in (result_frame(cid, "accepted"), result_frame(cid, "accepted"),
+                             result_frame(cid, "succeeded", {"ok": 1}), result_frame(cid, "succeeded", {"ok": 1}),
+                             result_frame(cid, "accepted"))
+              for e in core.receive(text, 1000.0)]
+    assert states(events) == [(cid, "accepted"), (cid, "succeeded")]  # each once, forward only
+    assert events[-1].result == {"ok": 1} and events[-1].finished and events[-1].ok
+    assert cid not in core.tracker.commands  # a final state ends tracking
+    # A command of the user's other connection (not tracked here) is delivered too, once per state.
+    assert states(core.receive(result_frame("other-1", "failed"), 1000.0)) == [("other-1", "failed")]
+    assert core.receive(result_frame("other-1", "failed"), 1000.0) == []
+    with pytest.raises(ValueError):
+        core.send_command("bot-7", "stop", command_id="has space")
+    with pytest.raises(ValueError):
+        core.send_command("bot-7", "stop", timeout_ms=999)
+    with pytest.raises(ValueError):  # an id in use for another command
+        core.send_command("bot-8", "stop", command_id=core.send_command("bot-7", "go", command_id="mine").command_id)
+
+
+@unit
+def test_after_a_reconnect_unacked_commands_are_resent_and_the_others_are_asked_for():
+    core = new_core()
+    open_core(core)
+    acked = core.send_command("bot-7", "stop", command_id="acked-1")
+    lost = core.send_command("bot-7", "start", {"size": 1}, command_id="lost-ack")
+    first = sent(core)
+    core.receive(ack_frame(acked), 1000.0)
+    assert states(core.receive(result_frame("acked-1", "accepted"), 1000.0)) == [("acked-1", "accepted")]
+    core.closed(1006, "", 1001.0)
+    offline = core.send_command("bot-9", "pause", command_id="offline")  # while disconnected: queued
+    assert sent(core) == []
+    frames = open_core(core, 1002.0)
+    queries = [f for f in frames if f["type"] == "bot_command_status"]
+    assert queries == [{"type": "bot_command_status", "id": queries[0]["id"], "data": {"commandId": "acked-1"}}]
+    resends = [f for f in frames if f["type"] == "bot_command"]
+    assert resends == [first[1], {"type": "bot_command", "id": offline.request_id,
+                                  "data": {"botId": "bot-9", "command": "pause", "commandId": "offline"}}]
+    # The status answer repeats a state already delivered: dropped. The push after it is new.
+    assert core.receive(result_frame("acked-1", "accepted", rid=queries[0]["id"]), 1002.0) == []
+    assert states(core.receive(result_frame("acked-1", "succeeded"), 1002.0)) == [("acked-1", "succeeded")]
+    # The resend is answered as a duplicate with the current state, then that state: delivered once.
+    dup = core.receive(ack_frame(lost, state="accepted", duplicate=True), 1002.0)
+    assert dup[0].duplicate and dup[0].state == "accepted"
+    assert states(core.receive(result_frame("lost-ack", "accepted", bot="bot-7", command="start"), 1002.0)) == \
+        [("lost-ack", "accepted")]
+    # Two reconnects later nothing is delivered twice; only unfinished commands are asked for.
+    core.closed(1006, "", 1003.0)
+    frames = open_core(core, 1004.0)
+    assert sorted(f["data"]["commandId"] for f in frames if f["type"] == "bot_command_status") == ["lost-ack"]
+    rid = next(f["id"] for f in frames if f["type"] == "bot_command_status")
+    assert core.receive(result_frame("lost-ack", "accepted", rid=rid, command="start"), 1004.0) == []
+    assert core.stats["connections"] == 3 and core.tracker.stats["results_dropped"] == 2
+
+
+@unit
+def test_refusals_end_tracking_and_not_now_is_asked_again_with_the_same_id():
+    core = new_core()
+    open_core(core)
+    nobody = core.send_command("bot-1", "stop", command_id="nobody")
+    busy = core.send_command("bot-1", "stop", command_id="busy")
+    maybe = core.send_command("bot-1", "stop", command_id="maybe")
+    sent(core)
+    refused = core.receive(frame(type="error", code="no_service", message="no service that owns bot 'bot-1' is "
+                                 "connected; nothing was sent", id=nobody.request_id), 1000.0)
+    assert refused == [BotCommandRefused("nobody", "bot-1", "stop", "no_service", refused[0].message,
+                                         nobody.request_id)]
+    core.receive(frame(type="error", code="rate_limited", message="slow down", id=busy.request_id), 1000.0)
+    core.receive(frame(type="error", code="no_service", message="bot services cannot be reached now; the command "
+                       "may have been sent: ask bot_command_status", id=maybe.request_id), 1000.0)
+    assert "nobody" not in core.tracker.commands
+    assert core.retrying(busy.request_id) and core.retrying(maybe.request_id)
+    deadline = core.next_deadline()
+    assert deadline is not None and 1000.0 < deadline <= 1000.75
+    core.tick(1001.0)
+    again = sent(core)
+    assert sorted(f["data"]["commandId"] for f in again) == ["busy", "maybe"]
+    assert all(f["type"] == "bot_command" for f in again)
+    core.receive(ack_frame(busy), 1001.0)
+    core.closed(1006, "", 1002.0)
+    frames = open_core(core, 1003.0)
+    query = next(f for f in frames if f["type"] == "bot_command_status")
+    lost = core.receive(frame(type="error", code="not_found", message="no command", id=query["id"]), 1003.0)
+    assert [(e.command_id, e.code) for e in lost] == [("busy", "not_found")]  # the gateway lost it: unknown
+    assert "busy" not in core.tracker.commands and "maybe" in core.tracker.commands
+
+
+@unit
+def test_reports_go_in_order_until_acknowledged_and_invalid_state_is_final():
+    core = new_core()
+    accepted = core.report("c-1", "grace", "accepted")  # before the connection: sent on it
+    done = core.report("c-1", "grace", "succeeded", {"stoppedAt": 5})
+    other = core.report("c-2", "grace", "failed", {"why": "no funds"})
+    frames = open_core(core)
+    assert frames == [
+        {"type": "bot_command_report", "id": accepted.request_id,
+         "data": {"commandId": "c-1", "userId": "grace", "state": "accepted"}},
+        {"type": "bot_command_report", "id": other.request_id,
+         "data": {"commandId": "c-2", "userId": "grace", "state": "failed", "result": {"why": "no funds"}}},
+    ]  # succeeded waits for accepted's answer: never overtakes it
+    assert core.survives(done.request_id)
+    core.receive(frame(type="bot_command_report_ack", id=accepted.request_id,
+                       data={"commandId": "c-1", "state": "accepted"}), 1000.0)
+    assert sent(core) == [{"type": "bot_command_report", "id": done.request_id,
+                           "data": {"commandId": "c-1", "userId": "grace", "state": "succeeded",
+                                    "result": {"stoppedAt": 5}}}]
+    core.receive(frame(type="error", code="rate_limited", message="slow down", id=other.request_id), 1000.0)
+    assert core.retrying(other.request_id)
+    core.closed(1006, "", 1001.0)  # succeeded's answer is lost with the connection
+    frames = open_core(core, 1002.0)
+    assert [f["id"] for f in frames] == [done.request_id, other.request_id]
+    refused = core.receive(frame(type="error", code="invalid_state", message="the command is succeeded: it cannot "
+                                 "become succeeded", id=done.request_id), 1002.0)
+    assert refused == [ReportRefused("c-1", "grace", "succeeded", "invalid_state", refused[0].message,
+                                     "succeeded", True, done.request_id)]
+    assert not core.survives(done.request_id) and not core.retrying(done.request_id)
+    core.tick(1100.0)
+    assert sent(core) == []  # refused for good: not sent again
+    with pytest.raises(ValueError):
+        core.report("c-3", "grace", "timed_out")
+
+
+@unit
+def test_a_revoked_token_is_replaced_once_by_get_token_or_stops_the_client():
+    policy = ReconnectPolicy()
+    rng = random.Random(4)
+    assert isinstance(policy.after_close(4501, "token revoked", attempt=0, can_renew_token=False,
+                                         closed_by_client=False, rng=rng).error, ClosedByGateway)
+    assert policy.after_close(4004, "disconnected by an operator", attempt=0, can_renew_token=False,
+                              closed_by_client=False, rng=rng).reconnect  # the token is still good
+    core = new_core()
+    open_core(core)
+    decision, event = core.closed(4501, "token revoked", 1001.0)
+    assert decision.reconnect and decision.renew_token and event.reconnect_in is not None
+    assert core.token_needed(1001.0)
+    with pytest.raises(ClosedByGateway):  # get_token gave the revoked token again
+        core.set_token("a.b.c", 1002.0)
+    core = new_core()
+    open_core(core)
+    core.closed(4501, "token revoked", 1001.0)
+    core.set_token("d.e.f", 1002.0)  # another token: tried
+    core.connect_request()
+    decision, _ = core.refused(401, "token_revoked", "revoked", 1003.0)
+    assert not decision.reconnect and isinstance(decision.error, HandshakeRefused)  # revoked twice in a row
+    static = new_core(can_renew_token=False)
+    open_core(static)
+    decision, _ = static.closed(4501, "token revoked", 1001.0)
+    assert not decision.reconnect and isinstance(decision.error, ClosedByGateway)
 
 
 @unit
@@ -820,6 +1017,259 @@ def test_market_data_is_typed_and_the_local_book_survives_a_resync(stoppers):
 
 
 # =====================================================================================
+# Bot commands through the library, against a real gateway
+# =====================================================================================
+
+
+class Slowest(random.Random):
+    """Every random delay at its upper bound: a reconnect waits the policy's whole backoff."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def drop_transport(client: AsyncClient) -> None:
+    """End the client's connection without a close frame (1006), as a network failure would."""
+    ws = client._ws
+    assert ws is not None
+    ws.transport.abort()
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+def wait_until_blocking(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shell", ["asyncio", "blocking"])
+def test_a_command_goes_from_the_bot_to_its_service_and_back_through_the_library(shell, stoppers):
+    node = start(stoppers, {})
+    service_token = node.token("engine-life", role="service", serves=["life-*"])
+    user_token = node.token("lena")
+    if shell == "asyncio":
+        async def scenario() -> tuple[Any, list[Any], list[Any], list[Any], Any]:
+            async with AsyncClient(node.ws_url, token=service_token, policy=FAST) as service, \
+                    AsyncClient(node.ws_url, token=user_token, policy=FAST) as bot:
+                received: list[BotCommandRequest] = []
+                acks: list[Any] = []
+
+                @service.on_command
+                async def work(command: BotCommandRequest) -> None:  # the service's work, then its outcome
+                    received.append(command)
+                    acks.append(await service.report(command, "accepted", timeout=10))
+                    acks.append(await service.report(command, "succeeded", {"filled": 3}, timeout=10))
+
+                seen: list[BotCommandResult] = []
+                bot.on_command_result(seen.append)
+                await service.subscribe("bot-commands")  # the one on_command made: confirmed before the bot sends
+                handle = await bot.command("life-1", "rebalance", {"to": "60/40"})
+                ack = await handle.sent(10)
+                streamed = [update.state async for update in handle]
+                final = await handle.result(10)
+                await bot.ping()  # anything still in flight has arrived
+                with pytest.raises(ReportRefusedError) as late:  # finished: moves no further, not retried
+                    await service.report(received[0], "failed", timeout=10)
+                assert streamed == ["accepted", "succeeded"]
+                return ack, [final], seen, received, (acks, late.value)
+
+        ack, finals, seen, received, (acks, late) = run(scenario())
+    else:
+        service = BlockingClient(node.ws_url, token=service_token, policy=FAST)
+        bot = BlockingClient(node.ws_url, token=user_token, policy=FAST)
+        work: queue.Queue[BotCommandRequest] = queue.Queue()
+        received, seen, acks = [], [], []
+        service.on_command(lambda command: (received.append(command), work.put(command)))
+        bot.on_command_result(seen.append)
+        with service, bot:
+            service.subscribe("bot-commands")
+            bot.wait_connected(10)
+            handle = bot.command("life-1", "rebalance", {"to": "60/40"})
+            ack = handle.sent(10)
+            command = work.get(timeout=10)  # done off the client's thread, as a real service would
+            acks.append(service.report(command, "accepted"))
+            acks.append(service.report(command, "succeeded", {"filled": 3}))
+            finals = [handle.result(10)]
+            bot.ping()
+            with pytest.raises(ReportRefusedError) as late_info:
+                service.report(command, "failed")
+            late = late_info.value
+    command_id = ack.command_id
+    assert ack.state == "sent" and not ack.duplicate and ack.delivered_to == 1
+    assert finals[0].state == "succeeded" and finals[0].result == {"filled": 3} and finals[0].bot_id == "life-1"
+    assert [(r.command_id, r.state) for r in seen] == [(command_id, "accepted"), (command_id, "succeeded")]
+    assert [(c.command_id, c.user_id, c.bot_id, c.command, c.params) for c in received] == \
+        [(command_id, "lena", "life-1", "rebalance", {"to": "60/40"})]
+    assert received[0].deadline is not None and received[0].deadline > time.time() * 1000
+    assert [(a.command_id, a.state) for a in acks] == [(command_id, "accepted"), (command_id, "succeeded")]
+    assert late.code == "invalid_state" and late.current_state == "succeeded" and not late.resent
+
+
+@pytest.mark.slow
+def test_results_reported_while_the_bot_is_away_arrive_by_its_status_query_exactly_once(stoppers):
+    node = start(stoppers, {})
+    away = ReconnectPolicy(base=2.0, cap=2.0)  # with Slowest: every reconnect waits 2 s
+
+    async def scenario() -> None:
+        async with AsyncClient(node.ws_url, token=node.token("engine-away", role="service", serves=["away-*"]),
+                               policy=FAST) as service, \
+                AsyncClient(node.ws_url, get_token=lambda: node.token("mona"), policy=away,
+                            rng=Slowest()) as bot:
+            received: dict[str, BotCommandRequest] = {}
+            service.on_command(lambda command: received.__setitem__(command.command_id, command))
+            await service.subscribe("bot-commands")
+            rec = Recorder(bot)
+            seen: list[BotCommandResult] = []
+            bot.on_command_result(seen.append)
+            holding = await bot.command("away-1", "hold")
+            stopping = await bot.command("away-2", "stop", {"reason": "test"})
+            await wait_until(lambda: len(received) == 2, "both commands at the service")
+            for command in received.values():
+                await service.report(command, "accepted", timeout=10)
+            await wait_until(lambda: holding.state == stopping.state == "accepted", "accepted, at the bot")
+            drop_transport(bot)
+            await rec.until(lambda: bool(rec.of(Disconnected)), "the bot's disconnect")
+            # While the bot is away (2 s before it reconnects): one finishes, the other does not move.
+            done = await service.report(received[stopping.command_id], "succeeded", {"stopped": True}, timeout=10)
+            assert done is not None and done.state == "succeeded"
+            assert len(rec.of(Connection)) == 1, "the bot came back before the report: nothing was tested"
+            final = await stopping.result(15)
+            await rec.until(lambda: len(rec.of(Connection)) == 2, "the reconnect")
+            await rec.sync()  # the status answers came before the pong
+            assert final.state == "succeeded" and final.result == {"stopped": True}
+            assert final.id is not None  # the answer to the bot's status query: the push was sent while it was away
+            by_command = {cid: [r.state for r in seen if r.command_id == cid]
+                          for cid in (holding.command_id, stopping.command_id)}
+            assert by_command == {holding.command_id: ["accepted"], stopping.command_id: ["accepted", "succeeded"]}
+            assert [u.state for u in holding.updates] == ["accepted"] and not holding.done
+            assert bot.core.tracker.stats["status_queries"] == 2
+            assert bot.core.tracker.stats["results_dropped"] == 1  # holding's "accepted", answered again
+            assert [(e.command_id, e.state) for e in rec.of(BotCommandResult)] == \
+                [(r.command_id, r.state) for r in seen]  # the event stream saw the same, once each
+
+    run(scenario(), timeout=40)
+
+
+@pytest.mark.slow
+def test_a_command_past_its_deadline_is_timed_out_and_a_late_report_is_refused(stoppers):
+    node = start(stoppers, {})
+    service = BlockingClient(node.ws_url, token=node.token("engine-slow", role="service", serves=["slow-1"]),
+                             policy=FAST)
+    bot = BlockingClient(node.ws_url, get_token=lambda: node.token("nick"), policy=FAST)
+    work: queue.Queue[BotCommandRequest] = queue.Queue()
+    refused: list[ReportRefused] = []
+    service.on_command(work.put)
+    service.on(ReportRefused, refused.append)
+    with service, bot:
+        service.subscribe("bot-commands")
+        bot.wait_connected(10)
+        handle = bot.command("slow-1", "rebalance", timeout_ms=1000)
+        command = work.get(timeout=10)
+        assert command.deadline is not None and command.expired(command.deadline)
+        service.report(command, "accepted")
+        final = handle.result(10)
+        assert final.state == "timed_out" and final.result is None and not final.ok
+        assert [u.state for u in handle.updates] == ["accepted", "timed_out"]
+        with pytest.raises(ReportRefusedError) as late:
+            service.report(command, "succeeded", {"too": "late"})
+        assert late.value.code == "invalid_state" and late.value.current_state == "timed_out"
+        service.ping()
+        assert [(r.command_id, r.state, r.current_state) for r in refused] == \
+            [(command.command_id, "succeeded", "timed_out")]  # an event too, once
+        assert not service.core.tracker.reports  # not retried
+
+
+@pytest.mark.slow
+def test_a_command_whose_ack_was_lost_is_resent_and_reaches_the_service_once(stoppers):
+    node = start(stoppers, {})
+
+    async def scenario() -> None:
+        async with AsyncClient(node.ws_url, token=node.token("engine-idem", role="service", serves=["idem-*"]),
+                               policy=FAST) as service, \
+                AsyncClient(node.ws_url, get_token=lambda: node.token("olga"), policy=FAST) as bot:
+            received: list[BotCommandRequest] = []
+            service.on_command(received.append)
+            await service.subscribe("bot-commands")
+            rec = Recorder(bot)
+            receive = bot.core.receive
+            lost: list[str] = []
+
+            def lose_the_first_ack(text: str | bytes, now: float) -> list[Any]:
+                if not lost and '"bot_command_ack"' in str(text):
+                    lost.append(str(text))  # the gateway stored and sent the command; the bot never hears so
+                    drop_transport(bot)
+                    return []
+                return receive(text, now)
+
+            bot.core.receive = lose_the_first_ack  # type: ignore[method-assign]
+            handle = await bot.command("idem-1", "stop", {"reason": "test"})
+            ack = await handle.sent(15)  # the resend's, on the next connection
+            assert lost and json.loads(lost[0])["data"]["duplicate"] is False
+            assert ack.duplicate and ack.command_id == handle.command_id
+            assert len(rec.of(Connection)) == 2
+            await wait_until(lambda: bool(received), "the command at the service")
+            await service.report(received[0], "succeeded", {"stopped": True}, timeout=10)
+            final = await handle.result(10)
+            await service.ping()
+            await bot.ping()
+            assert final.state == "succeeded"
+            assert [c.command_id for c in received] == [handle.command_id]  # sent to the service once
+            assert bot.core.tracker.stats["commands_resent"] == 1
+            assert [r.state for r in rec.of(BotCommandResult)] == ["succeeded"]
+
+    run(scenario())
+
+
+@pytest.mark.slow
+def test_an_operator_disconnect_is_reconnected_and_a_revoked_token_is_replaced_or_stops_the_client(stoppers):
+    admin_key = "client-test-admin-key-0123456789abcdef"
+    node = start(stoppers, {"ADMIN_API_KEY": admin_key})
+    issued: list[str] = []
+
+    def get_token() -> str:
+        issued.append(node.token("pia", jti=os.urandom(8).hex()))
+        return issued[-1]
+
+    def admin(path: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(node.http + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json", "Authorization": f"Bearer {admin_key}"},
+                                         method="POST")
+        urllib.request.urlopen(request, timeout=5).close()
+
+    def jti(token: str) -> str:
+        payload = token.split(".")[1]
+        return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+
+    async def scenario() -> None:
+        async with AsyncClient(node.ws_url, get_token=get_token, policy=FAST) as client:
+            rec = Recorder(client)
+            await client.wait_connected(10)
+            await asyncio.to_thread(admin, "/api/admin/disconnect", {"userId": "pia"})
+            await rec.until(lambda: len(rec.of(Connection)) == 2, "a reconnect after 4004")
+            assert [e.code for e in rec.of(Disconnected)] == [4004] and len(issued) == 1  # the same token
+            await asyncio.to_thread(admin, "/api/admin/revoke", {"jti": jti(issued[-1])})
+            await rec.until(lambda: len(rec.of(Connection)) == 3, "a reconnect with another token after 4501")
+            assert [e.code for e in rec.of(Disconnected)] == [4004, 4501] and len(issued) == 2
+        static = AsyncClient(node.ws_url, token=node.token("pia", jti="static-1"), policy=FAST)
+        await static.start()
+        await static.wait_connected(10)
+        await asyncio.to_thread(admin, "/api/admin/revoke", {"jti": "static-1"})
+        with pytest.raises(ClosedByGateway) as stopped:
+            await static.join()
+        assert stopped.value.code == 4501 and "TOKEN_REVOKED" in str(stopped.value)
+
+    run(scenario())
+
+
+# =====================================================================================
 # The distribution and the examples
 # =====================================================================================
 
@@ -843,14 +1293,17 @@ def test_the_client_installs_alone_without_gevent(tmp_path):
 @pytest.mark.slow
 def test_the_examples_run_against_a_demo_gateway(stoppers):
     node = start(stoppers, {"DEMO_MODE": "true", "MARKET_SOURCE": "simulator", "POPULAR_PAIRS": "BTCUSDT"})
-    env = {**os.environ, "PYTHONPATH": str(CLIENT_SRC), "PYTHONUNBUFFERED": "1",
-           "SERVICE_TOKEN": node.token("bot-engine", role="service")}
+    env = {**os.environ, "PYTHONPATH": str(CLIENT_SRC), "PYTHONUNBUFFERED": "1"}
+    env.pop("SERVICE_TOKEN", None)
+    # The service mints its own token (owning bot-*) with the gateway's key, as it does beside `make run`.
     service = subprocess.Popen([sys.executable, str(ROOT / "examples" / "service.py"), "--url", node.ws_url,
-                                "--seconds", "20"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                "--serves", "bot-*", "--seconds", "20"], cwd=ROOT,
+                               env={**env, "JWT_SECRET": node.secret}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         assert service.stdout is not None
-        assert "ready" in service.stdout.readline()
+        ready = service.stdout.readline()
+        assert "ready" in ready and "serving bot-*" in ready, ready
         bot = subprocess.run([sys.executable, str(ROOT / "examples" / "bot.py"), "--url", node.ws_url,
                               "--user", "kim", "--bot", "bot-3", "--seconds", "15", "--once"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=25)
@@ -859,6 +1312,9 @@ def test_the_examples_run_against_a_demo_gateway(stoppers):
         out, _ = service.communicate(timeout=10)
     assert bot.returncode == 0, bot.stdout + bot.stderr
     assert "command start sent to bot-3: 1 service(s) got it" in bot.stdout
+    states = re.findall(r"^command start for bot-3: (\w+)", bot.stdout, re.MULTILINE)
+    assert states == ["accepted", "succeeded"], bot.stdout  # each state once, in order
     assert re.search(r"^book BTCUSDT bid \d", bot.stdout, re.MULTILINE), bot.stdout
     assert "bot-status bot-3: running" in bot.stdout
-    assert "command start for bot-3 from kim" in out and "answered kim/bot-3: running" in out
+    assert "command start for bot-3 from kim" in out, out
+    assert "answered kim/bot-3: running" in out, out

@@ -17,11 +17,10 @@ import pytest
 from actors.connection import ConnectionActor
 from actors.directory import ConnectionContext, ConnectionLimits, Session
 from actors.messages import CloseConnection, Inbound, Rejected
-from brokers.broker import BrokerUnavailable, Publication
 from metrics.definitions import build
 from protocol.auth import AuthError, Principal
 from protocol.channels import ChannelKey, Position
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import parse
 
 pytestmark = pytest.mark.unit
@@ -52,9 +51,6 @@ class FakeConn:
 class FakeDirectory:
     joined: list[ChannelKey] = field(default_factory=list)
     left: list[ChannelKey] = field(default_factory=list)
-    published: list[tuple[ChannelKey, Any]] = field(default_factory=list)
-    services: int = 1
-    broker_down: bool = False
 
     def join(self, session: Session, key: ChannelKey, *, since: Position | None = None, confirm: Any = None) -> None:
         self.joined.append(key)
@@ -69,14 +65,33 @@ class FakeDirectory:
     def close_session(self, session: Session) -> None:
         pass
 
-    def service_receivers(self, key: ChannelKey) -> int:
-        return self.services
 
-    def publish_shared(self, key: ChannelKey, data: Any, ts: int) -> Publication:
-        if self.broker_down:
-            raise BrokerUnavailable("redis: down")
-        self.published.append((key, data))
-        return Publication(key, len(self.published), "e1", data, ts)
+
+@dataclass
+class FakeCommands:
+    """The command desk as the actor sees it: what it was asked, and a scripted answer."""
+
+    calls: list[tuple[str, str, Any]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    refuse: ProtocolError | None = None
+
+    def register_service(self, principal: Principal) -> None:
+        self.registered.append(principal.user_id)
+
+    def _answer(self, kind: str, principal: Principal, msg: Any) -> list[tuple[str, str]]:
+        self.calls.append((kind, principal.user_id, msg))
+        if self.refuse is not None:
+            raise self.refuse
+        return [(json.dumps({"type": f"{kind}_answer", "id": msg.request_id}), kind)]
+
+    def submit(self, principal: Principal, session_id: str, msg: Any) -> list[tuple[str, str]]:
+        return self._answer("submit", principal, msg)
+
+    def status(self, principal: Principal, msg: Any) -> list[tuple[str, str]]:
+        return self._answer("status", principal, msg)
+
+    def report(self, principal: Principal, msg: Any) -> list[tuple[str, str]]:
+        return self._answer("report", principal, msg)
 
 
 def _verify(token: str) -> Principal:
@@ -88,11 +103,12 @@ def _verify(token: str) -> Principal:
 
 
 def actor(*, rate: float = 5, burst: int = 5, errors: int = 3, max_channels: int = 4,
-          bots: frozenset[str] | None = None) -> tuple[ConnectionActor, FakeConn, FakeDirectory, Clock]:
+          bots: frozenset[str] | None = None, role: str = "user",
+          commands: FakeCommands | None = None) -> tuple[ConnectionActor, FakeConn, FakeDirectory, Clock]:
     conn, directory, clock = FakeConn(), FakeDirectory(), Clock()
     context = ConnectionContext(directory=directory, limits=ConnectionLimits(max_channels, rate, burst, errors),
-                                verify=_verify, metrics=build(), clock=clock)
-    session = Session("s1", Principal("ann", 2_000_000_000.0, bots=bots), outbox=None)  # type: ignore[arg-type]  # no outbox: the fake conn records
+                                verify=_verify, metrics=build(), commands=commands or FakeCommands(), clock=clock)
+    session = Session("s1", Principal("ann", 2_000_000_000.0, role=role, bots=bots), outbox=None)  # type: ignore[arg-type]  # no outbox: the fake conn records
     session.conn = conn
     return ConnectionActor(context, session, conn), conn, directory, clock  # type: ignore[arg-type]  # a fake conn
 
@@ -155,24 +171,35 @@ def test_refresh_takes_a_token_of_the_same_user_only():
     assert conn.sent[-1]["code"] == "invalid_token"
 
 
-def test_a_bot_command_is_published_for_the_tokens_user_and_acknowledged():
-    a, conn, directory, _ = actor(bots=frozenset({"bot-1"}))
+def test_bot_commands_status_queries_and_reports_go_to_the_desk_and_its_frames_go_out():
+    desk = FakeCommands()
+    a, conn, _, _ = actor(commands=desk)
     send(a, '{"type":"bot_command","id":"c","data":{"botId":"bot-1","command":"stop","params":{"why":"x"}}}')
-    (key, data), = directory.published
-    assert key == "bot-commands" and data["userId"] == "ann" and data["params"] == {"why": "x"}
-    assert conn.sent[-1]["type"] == "bot_command_ack" and conn.sent[-1]["data"]["commandId"] == data["commandId"]
-    send(a, '{"type":"bot_command","data":{"botId":"bot-2","command":"stop"}}')
-    assert conn.sent[-1]["code"] == "forbidden" and len(directory.published) == 1
+    send(a, '{"type":"bot_command_status","id":"q","data":{"commandId":"abc"}}')
+    assert [(kind, user) for kind, user, _ in desk.calls] == [("submit", "ann"), ("status", "ann")]
+    assert desk.calls[0][2].params == {"why": "x"} and desk.calls[1][2].command_id == "abc"
+    assert [m["type"] for m in conn.sent] == ["submit_answer", "status_answer"]
+    # A user never reports: refused before the desk hears of it.
+    send(a, '{"type":"bot_command_report","id":"r","data":{"commandId":"abc","userId":"ann","state":"accepted"}}')
+    assert conn.sent[-1]["code"] == "forbidden" and len(desk.calls) == 2
 
 
-def test_a_bot_command_is_never_acknowledged_without_a_service_or_a_broker():
-    a, conn, directory, _ = actor()
-    directory.services = 0
-    send(a, '{"type":"bot_command","data":{"botId":"b","command":"stop"}}')
-    assert conn.sent[-1]["code"] == "no_service" and directory.published == []
-    directory.services, directory.broker_down = 1, True
-    send(a, '{"type":"bot_command","data":{"botId":"b","command":"stop"}}')
-    assert conn.sent[-1]["code"] == "no_service" and not any(m["type"] == "bot_command_ack" for m in conn.sent)
+def test_a_service_reports_and_registers_when_it_subscribes_to_bot_commands():
+    desk = FakeCommands()
+    a, _, directory, _ = actor(role="service", commands=desk)
+    send(a, '{"type":"subscribe","channel":"bot-commands","id":"s"}')
+    assert desk.registered == ["ann"] and directory.joined == ["bot-commands#ann"]
+    send(a, '{"type":"bot_command_report","id":"r","data":{"commandId":"abc","userId":"bob","state":"failed",'
+            '"result":{"why":"no funds"}}}')
+    (kind, _, report), = desk.calls
+    assert kind == "report" and report.user_id == "bob" and report.result == {"why": "no funds"}
+
+
+def test_the_desks_refusal_is_an_error_reply_with_the_request_id():
+    desk = FakeCommands(refuse=ProtocolError(ErrorCode.NO_SERVICE, "nobody owns bot-1", request_id="c"))
+    a, conn, _, _ = actor(commands=desk)
+    send(a, '{"type":"bot_command","id":"c","data":{"botId":"bot-1","command":"stop"}}')
+    assert conn.sent[-1] == {"type": "error", "code": "no_service", "message": "nobody owns bot-1", "id": "c"}
 
 
 def test_close_connection_closes_once():

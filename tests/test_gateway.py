@@ -176,7 +176,8 @@ def test_bot_command_without_a_service_is_an_error(gw):
     c.recv()
     err = c.request({"type": "bot_command", "id": "c1", "data": {"botId": "bot-1", "command": "start"}})
     assert err == {"type": "error", "code": "no_service",
-                   "message": "no bot service is connected; try again later", "id": "c1"}
+                   "message": "no service that owns bot 'bot-1' is connected; nothing was sent: try again later",
+                   "id": "c1"}
     c.close()
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.channels import Channel, MarketParams, keys_for
 from protocol.close_codes import CLOSE_CODES, ClientAction, CloseCode
 from protocol.errors import ERROR_MEANINGS, ErrorCode, ProtocolError
 from protocol.messages import (
     BotCommand,
+    BotCommandReport,
+    BotCommandStatus,
     Ping,
     Refresh,
     Subscribe,
@@ -104,3 +108,34 @@ def test_close_code_table_is_complete_and_split_by_range():
         if code >= 4500:
             assert info.action in (ClientAction.DO_NOT_RECONNECT, ClientAction.BACK_OFF)
     assert set(ERROR_MEANINGS) == set(ErrorCode)
+
+
+# -- bot commands: any JSON in, a typed message or one ProtocolError out -------------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.text(max_size=70),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                 max_size=4), max_leaves=12)
+_FIELDS = st.fixed_dictionaries({}, optional={
+    "botId": _JSON | st.just("bot-1"), "command": _JSON | st.just("stop"), "params": _JSON | st.just({}),
+    "commandId": _JSON | st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
+    "timeoutMs": _JSON | st.integers(0, 700_000), "userId": _JSON | st.just("ann"),
+    "state": _JSON | st.sampled_from(["sent", "accepted", "succeeded", "failed", "timed_out"]),
+    "result": _JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["bot_command", "bot_command_status", "bot_command_report"]), data=_FIELDS)
+def test_command_messages_parse_to_their_type_or_one_protocol_error(kind, data):
+    try:
+        msg = parse(json.dumps({"type": kind, "id": "x", "data": data}))
+    except ProtocolError as exc:
+        assert exc.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.FORBIDDEN) and exc.request_id == "x"
+        return
+    if kind == "bot_command_report":
+        assert isinstance(msg, BotCommandReport) and msg.state.value in ("accepted", "succeeded", "failed")
+        assert msg.result == data.get("result")
+    elif kind == "bot_command_status":
+        assert isinstance(msg, BotCommandStatus) and msg.command_id == data["commandId"]
+    else:
+        assert msg.params == data.get("params", {}) and msg.command_id == data.get("commandId")
+        assert msg.timeout_ms is None or 1000 <= msg.timeout_ms <= 600_000

@@ -369,9 +369,19 @@ def _bot_commands(gw: GatewayProcess, r: Reality) -> None:
     service.ask({"type": "subscribe", "channel": "bot-commands"}, "subscribed")
     user = _connect(gw, r, "grace")
     for example in _server_examples(type="data", channel="bot-commands"):
-        command = {k: example["data"][k] for k in ("botId", "command", "params") if k in example["data"]}
+        command = {k: example["data"][k] for k in ("botId", "command", "params", "commandId") if k in example["data"]}
         user.ask({"type": "bot_command", "id": "c2", "data": command}, "bot_command_ack")
-        service.data("bot-commands")
+        sent = service.data("bot-commands")["data"]
+        # The lifecycle: the service reports, the user gets each state, then asks for it again.
+        for result in _server_examples(type="bot_command_result"):
+            report = {"commandId": sent["commandId"], "userId": sent["userId"], "state": result["data"]["state"],
+                      "result": result["data"]["result"]}
+            service.ask({"type": "bot_command_report", "id": "r5", "data": report}, "bot_command_report_ack")
+            user.recv_until(lambda m: m["type"] == "bot_command_result")
+        user.ask({"type": "bot_command_status", "id": "q1", "data": {"commandId": sent["commandId"]}},
+                 "bot_command_result")
+        # A resend of the same commandId: answered, not sent again.
+        user.ask({"type": "bot_command", "id": "c2", "data": command}, "bot_command_ack")
     service.close(), user.close()
 
 

@@ -151,8 +151,9 @@ def test_the_document_is_asyncapi_3_and_every_reference_resolves():
     for schema in SCHEMAS:
         jsonschema.Draft7Validator.check_schema(SCHEMAS[schema])
     assert set(WS["server"]) == {"connection", "subscribed", "unsubscribed", "data", "resync", "pong", "refreshed",
-                                 "bot_command_ack", "error"}
-    assert set(WS["client"]) == {"subscribe", "unsubscribe", "ping", "refresh", "bot_command"}
+                                 "bot_command_ack", "bot_command_result", "bot_command_report_ack", "error"}
+    assert set(WS["client"]) == {"subscribe", "unsubscribe", "ping", "refresh", "bot_command", "bot_command_status",
+                                 "bot_command_report"}
 
 
 @pytest.mark.unit
@@ -356,8 +357,22 @@ def _bot_commands(gw: GatewayProcess, log: Log) -> None:
     user = _connect(gw, log, "grace")
     user.ask({"type": "bot_command", "id": "c2", "data": {"botId": "bot-7", "command": "stop",
                                                           "params": {"reason": "x"}}}, "bot_command_ack")
-    user.ask({"type": "bot_command", "id": 3, "data": {"botId": "bot-7", "command": "start"}}, "bot_command_ack")
-    service.data("bot-commands"), service.data("bot-commands")
+    user.ask({"type": "bot_command", "id": 3, "data": {"botId": "bot-7", "command": "start",
+                                                        "commandId": "cmd-3", "timeoutMs": 60000}},
+             "bot_command_ack")
+    service.data("bot-commands")
+    sent = service.data("bot-commands")["data"]
+    for state, result in (("accepted", None), ("succeeded", {"started": True})):
+        report = {"commandId": sent["commandId"], "userId": "grace", "state": state}
+        if result is not None:
+            report["result"] = result
+        service.ask({"type": "bot_command_report", "id": "r", "data": report}, "bot_command_report_ack")
+        user.recv_until(lambda m, state=state: m["type"] == "bot_command_result" and m["data"]["state"] == state)
+    user.ask({"type": "bot_command_status", "id": "q", "data": {"commandId": "cmd-3"}}, "bot_command_result")
+    assert service.ask({"type": "bot_command_report", "id": "late", "data": {
+        "commandId": "cmd-3", "userId": "grace", "state": "failed"}}, "error")["code"] == "invalid_state"
+    user.ask({"type": "bot_command", "id": 4, "data": {"botId": "bot-7", "command": "start", "commandId": "cmd-3"}},
+             "bot_command_ack")
     service.close(), user.close()
 
 

@@ -6,11 +6,16 @@
   exactly once with ``since``, the token refreshed before it expires.
 * :class:`Publisher` / :class:`AsyncPublisher`: ``POST /api/publish`` (and
   ``/api/publish/batch``) with retries and idempotency keys.
+* Bot commands, both sides: a bot's :meth:`AsyncClient.command` (a
+  :class:`CommandHandle`: its ack, each state once, its result, across
+  reconnects), a service's :meth:`AsyncClient.on_command` and
+  :meth:`AsyncClient.report` (kept until acknowledged); the same on
+  :class:`BlockingClient`.
 * :class:`ClientCore`: the state machine both clients share, without I/O.
 """
 
-from trading_gateway_client.aio import AsyncClient
-from trading_gateway_client.blocking import BlockingClient
+from trading_gateway_client.aio import AsyncClient, CommandHandle
+from trading_gateway_client.blocking import BlockingClient, BlockingCommandHandle
 from trading_gateway_client.close_codes import CLOSE_CODES, Action, CloseInfo, close_info
 from trading_gateway_client.core import ClientCore
 from trading_gateway_client.errors import (
@@ -21,6 +26,7 @@ from trading_gateway_client.errors import (
     MaybePublished,
     NotConnected,
     PublishError,
+    ReportRefusedError,
     RequestError,
     TerminalError,
     TokenUnavailable,
@@ -38,7 +44,11 @@ from trading_gateway_client.market import (
     Trades,
 )
 from trading_gateway_client.messages import (
+    TERMINAL_STATES,
     BotCommandAck,
+    BotCommandRefused,
+    BotCommandReportAck,
+    BotCommandResult,
     Connection,
     Data,
     Disconnected,
@@ -48,6 +58,7 @@ from trading_gateway_client.messages import (
     Pong,
     Position,
     Refreshed,
+    ReportRefused,
     Resync,
     SeqGap,
     Subscribed,
@@ -61,16 +72,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLOSE_CODES",
+    "TERMINAL_STATES",
     "Action",
     "AsyncClient",
     "AsyncPublisher",
     "BlockingClient",
+    "BlockingCommandHandle",
     "BookView",
     "BotCommandAck",
+    "BotCommandRefused",
+    "BotCommandReportAck",
     "BotCommandRequest",
+    "BotCommandResult",
     "ClientCore",
     "CloseInfo",
     "ClosedByGateway",
+    "CommandHandle",
     "Connection",
     "ConnectionLost",
     "Data",
@@ -94,6 +111,8 @@ __all__ = [
     "ReconnectPolicy",
     "RefreshSchedule",
     "Refreshed",
+    "ReportRefused",
+    "ReportRefusedError",
     "RequestError",
     "Resync",
     "SeqGap",

@@ -9,7 +9,14 @@ Events are read with ``async for event in client`` (or
 closed, and raises the :class:`~trading_gateway_client.errors.TerminalError`
 that stopped it otherwise. Events wait in an unbounded queue while the
 caller is busy: the gateway never sees a slow reader (no 4001), and nothing
-is lost across reconnects.
+is lost across reconnects (a client that only uses callbacks passes
+``queue_events=False``).
+
+Bot commands: :meth:`AsyncClient.command` returns a :class:`CommandHandle`
+(``await handle.sent()``, ``await handle.result()``, ``async for state in
+handle``), :meth:`AsyncClient.on_command_result` sees every state of every
+command of the user once. Services: :meth:`AsyncClient.on_command` and
+:meth:`AsyncClient.report`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,27 +35,147 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 from websockets.version import version as websockets_version
 
+from trading_gateway_client.commands import PendingCommand
 from trading_gateway_client.core import ClientCore
-from trading_gateway_client.errors import ConnectionLost, RequestError, TerminalError, TokenUnavailable
-from trading_gateway_client.market import OrderBook
+from trading_gateway_client.errors import (
+    ConnectionLost,
+    ReportRefusedError,
+    RequestError,
+    TerminalError,
+    TokenUnavailable,
+)
+from trading_gateway_client.market import BotCommandRequest, OrderBook
 from trading_gateway_client.messages import (
     BotCommandAck,
+    BotCommandRefused,
+    BotCommandReportAck,
+    BotCommandResult,
     Connection,
+    Data,
     ErrorMessage,
     Event,
     Pong,
     Position,
     Refreshed,
+    ReportRefused,
     Subscribed,
     Unsubscribed,
 )
 from trading_gateway_client.policy import Decision, ReconnectPolicy, RefreshSchedule
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "CommandHandle"]
 
 log = logging.getLogger("trading_gateway_client")
 _END = object()
 TokenSource = Callable[[], "str | Awaitable[str]"]
+CommandCallback = Callable[[BotCommandRequest], "Awaitable[None] | None"]
+ResultCallback = Callable[[BotCommandResult], "Awaitable[None] | None"]
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    """A future nobody awaits may end with an exception: not an "exception was never retrieved" warning."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def refused_error(event: BotCommandRefused | ReportRefused) -> RequestError:
+    """The exception for a refusal event."""
+    if isinstance(event, ReportRefused):
+        return ReportRefusedError(event.code, event.message, event.id, command_id=event.command_id,
+                                  user_id=event.user_id, state=event.state, current_state=event.current_state,
+                                  resent=event.resent)
+    return RequestError(event.code, event.message, event.id)
+
+
+class CommandHandle:
+    """One bot command (asyncio): its ack, each of its states once, its final result.
+
+    ``await handle.sent()`` is the gateway's ack (:class:`BotCommandAck`; across reconnects: an ack lost
+    with its connection is asked for again with the same ``commandId``). ``await handle.result()`` is
+    the final :class:`BotCommandResult` (``succeeded``, ``failed`` or ``timed_out``: check ``.state`` or
+    ``.ok``). ``async for update in handle`` yields each state as it comes (``accepted``, then the final
+    one) and ends after the final one. A refusal (``no_service``, ``forbidden``, ``conflict``, or
+    ``not_found`` after a reconnect: the gateway lost the command) raises
+    :class:`~trading_gateway_client.errors.RequestError` from all three.
+    """
+
+    def __init__(self, pending: PendingCommand, forget: Callable[[str], None]) -> None:
+        self.command_id, self.bot_id, self.command = pending.command_id, pending.bot_id, pending.command
+        self.params = dict(pending.params)
+        self.updates: list[BotCommandResult] = []
+        self.ack: BotCommandAck | None = None
+        self.error: RequestError | BaseException | None = None
+        loop = asyncio.get_running_loop()
+        self._ack: asyncio.Future[BotCommandAck] = loop.create_future()
+        self._done: asyncio.Future[BotCommandResult] = loop.create_future()
+        _quiet(self._ack)
+        _quiet(self._done)
+        self._changed = asyncio.Event()
+        self._forget = forget
+
+    def __repr__(self) -> str:
+        return f"CommandHandle({self.command_id!r}, {self.bot_id!r}, {self.command!r}, state={self.state!r})"
+
+    @property
+    def state(self) -> str | None:
+        """The latest state known: None before the ack, then ``sent``, ``accepted``, a final one."""
+        if self.updates:
+            return self.updates[-1].state
+        return self.ack.state if self.ack is not None else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    async def sent(self, timeout: float | None = None) -> BotCommandAck:
+        return await asyncio.wait_for(asyncio.shield(self._ack), timeout)
+
+    async def result(self, timeout: float | None = None) -> BotCommandResult:
+        """The final state (``asyncio.TimeoutError`` after ``timeout``; the command is still tracked)."""
+        return await asyncio.wait_for(asyncio.shield(self._done), timeout)
+
+    def __aiter__(self) -> AsyncIterator[BotCommandResult]:
+        return self._updates()
+
+    async def _updates(self) -> AsyncIterator[BotCommandResult]:
+        seen = 0
+        while True:
+            while seen < len(self.updates):
+                seen += 1
+                yield self.updates[seen - 1]
+            if self._done.done():
+                if self._done.exception() is not None:
+                    raise cast(BaseException, self._done.exception())
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    def forget(self) -> None:
+        """Stop tracking the command (no resend, no status query after reconnects)."""
+        self._forget(self.command_id)
+
+    # -- fed by the client -----------------------------------------------------------------
+
+    def _acked(self, ack: BotCommandAck) -> None:
+        if self.ack is None or not ack.duplicate:
+            self.ack = ack
+        if not self._ack.done():
+            self._ack.set_result(ack)
+        self._changed.set()
+
+    def _update(self, result: BotCommandResult) -> None:
+        self.updates.append(result)
+        if not self._ack.done():  # a result before the ack (or instead of it, after a reconnect)
+            self._ack.set_result(BotCommandAck(result.command_id, 0, None, "sent", True))
+        if result.finished and not self._done.done():
+            self._done.set_result(result)
+        self._changed.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        for future in (self._ack, self._done):
+            if not future.done():
+                future.set_exception(error)
+        self._changed.set()
 
 
 def market_params(symbol: str, streams: Iterable[str] = ("ticker",), category: str | None = None,
@@ -92,6 +219,8 @@ class AsyncClient:
     ``positions``: where a previous run left brokered channels (persisted
     ``Data.position`` values), recovered with ``since`` on the first
     subscribe. ``trace(direction, text)`` sees every frame ("send"/"recv").
+    ``queue_events=False``: events go to the callbacks only (``on_command``,
+    ``on_command_result``), not to the iteration's queue.
     """
 
     def __init__(self, url: str | Sequence[str], *, token: str | None = None, get_token: TokenSource | None = None,
@@ -100,7 +229,7 @@ class AsyncClient:
                  auto_refresh: bool = True, open_timeout: float = 10.0, ping_interval: float | None = 20.0,
                  ping_timeout: float | None = 20.0, close_timeout: float | None = 2.0,
                  trace: Callable[[str, str], None] | None = None, rng: Any = None,
-                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+                 connect_kwargs: Mapping[str, Any] | None = None, queue_events: bool = True) -> None:
         if token is None and get_token is None:
             raise ValueError("give a token or a get_token callback")
         self._core = ClientCore(url, positions=positions, policy=policy, refresh=refresh, auto_refresh=auto_refresh,
@@ -108,6 +237,11 @@ class AsyncClient:
         if token is not None:
             self._core.set_token(token, time.time())
         self._get_token = get_token
+        self._queue_events = queue_events
+        self._handles: dict[str, CommandHandle] = {}
+        self._command_callbacks: list[CommandCallback] = []
+        self._result_callbacks: list[ResultCallback] = []
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._open_timeout = open_timeout
         self._ping = (ping_interval, ping_timeout)
         self._close_timeout = close_timeout
@@ -237,16 +371,71 @@ class AsyncClient:
         return await asyncio.wait_for(future, timeout)
 
     async def bot_command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                          command_id: str | None = None, timeout_ms: int | None = None,
                           timeout: float | None = 10.0) -> BotCommandAck:
-        """Send a command to one of the user's bots; the ack says how many services received it.
+        """Send a command now (NotConnected while disconnected) and wait for its ack.
 
-        Raises RequestError (``no_service``, ``forbidden``...) or
-        ConnectionLost (the connection ended first: it may have been delivered).
+        The command is tracked like :meth:`command`'s (resent with its ``commandId`` if a reconnect loses
+        the ack, so this waits across reconnects; its states arrive as :class:`BotCommandResult` events).
+        Raises RequestError (``no_service``, ``forbidden``...).
         """
-        rid = self._core.bot_command(bot_id, command, params)
+        rid = self._core.bot_command(bot_id, command, params, command_id=command_id, timeout_ms=timeout_ms)
         future = self._waiter(rid)
         await self._flush()
         return await asyncio.wait_for(future, timeout)
+
+    async def command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                      command_id: str | None = None, timeout_ms: int | None = None) -> CommandHandle:
+        """Send a bot command and track it until it finishes; returns at once with its handle.
+
+        Sent now, or on the next connection while disconnected. Without ``command_id`` one is chosen, so
+        every resend (after a reconnect that lost the ack) is the same command: the gateway does not
+        hand it to the service twice. ``timeout_ms`` (1,000-600,000): the command's deadline
+        (``timed_out`` past it), else the gateway's ``BOT_COMMAND_TIMEOUT``. After each reconnect the
+        client asks the state of every unfinished command; each state is delivered once.
+        """
+        pending = self._core.send_command(bot_id, command, params, command_id=command_id, timeout_ms=timeout_ms)
+        handle = self._handles.get(pending.command_id)
+        if handle is None:
+            handle = self._handles[pending.command_id] = CommandHandle(pending, self._forget)
+        await self._flush()
+        return handle
+
+    def on_command_result(self, callback: ResultCallback) -> ResultCallback:
+        """Call ``callback(result)`` (sync or async) for each new state of each command of this user, once.
+
+        Commands sent by this client and by the user's other connections alike. Usable as a decorator.
+        """
+        self._result_callbacks.append(callback)
+        return callback
+
+    def on_command(self, callback: CommandCallback) -> CommandCallback:
+        """Services: call ``callback(command)`` (sync or async) for each command for the bots this service owns.
+
+        Subscribes to ``bot-commands`` (kept across reconnects, recovered with ``since``: each command
+        once). Report with :meth:`report`. Usable as a decorator.
+        """
+        self._command_callbacks.append(callback)
+        self._core.subscribe("bot-commands")
+        self._soon(self._flush())
+        return callback
+
+    async def report(self, command: BotCommandRequest, state: str, result: Any = None, *, wait: bool = True,
+                     timeout: float | None = None) -> BotCommandReportAck | None:
+        """Services: report a command's progress: ``accepted``, then ``succeeded`` or ``failed`` with ``result``.
+
+        The report is kept and sent again after reconnects until the gateway acknowledges it; reports of
+        one command go in order. With ``wait`` it returns the :class:`BotCommandReportAck` and raises
+        :class:`~trading_gateway_client.errors.ReportRefusedError` when the gateway refuses it for good
+        (``invalid_state``: not a step forward, e.g. timed out or taken by another replica; ``not_found``),
+        which is never retried. A ``timeout`` stops the waiting, not the report.
+        """
+        pending = self._core.report(command.command_id, command.user_id, state, result)
+        future = self._waiter(pending.request_id)
+        await self._flush()
+        if not wait:
+            return None
+        return cast(BotCommandReportAck, await asyncio.wait_for(asyncio.shield(future), timeout))
 
     # -- state ------------------------------------------------------------------------------
 
@@ -264,7 +453,8 @@ class AsyncClient:
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._core.stats)
+        """Counters: connections, duplicates dropped, resyncs, refreshes, commands resent, status queries..."""
+        return {**self._core.stats, **self._core.tracker.stats}
 
     @property
     def core(self) -> ClientCore:
@@ -272,10 +462,40 @@ class AsyncClient:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _forget(self, command_id: str) -> None:
+        self._core.forget_command(command_id)
+        self._handles.pop(command_id, None)
+
+    def _soon(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` on the running loop (none: it is closed; what it would send goes on connection)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            cast(Any, coro).close()
+            return
+        task = loop.create_task(cast(Any, coro))
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callback_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a callback failed", exc_info=task.exception())
+
+    def _call(self, callback: Callable[[Any], Any], event: Any) -> None:
+        try:
+            outcome = callback(event)
+        except Exception:
+            log.exception("a callback failed on %s", type(event).__name__)
+            return
+        if inspect.isawaitable(outcome):
+            self._soon(outcome)
+
     def _waiter(self, rid: str) -> asyncio.Future[Any]:
         future = self._waiters.get(rid)
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
+            _quiet(future)
             if self._stopped.is_set():
                 future.set_exception(self._error or ConnectionLost("the client is closed"))
             else:
@@ -297,15 +517,38 @@ class AsyncClient:
             if event.id is not None:
                 self._last_subscribed[event.id] = event
             self._resolve(rid, event)
-        elif isinstance(event, Unsubscribed | Pong | BotCommandAck | Refreshed):
+        elif isinstance(event, Unsubscribed | Pong | Refreshed | BotCommandReportAck):
             self._resolve(rid, event)
+        elif isinstance(event, BotCommandAck):
+            self._resolve(rid, event)
+            handle = self._handles.get(event.command_id)
+            if handle is not None:
+                handle._acked(event)
+        elif isinstance(event, BotCommandResult):
+            handle = self._handles.get(event.command_id)
+            if handle is not None:
+                handle._update(event)
+                if event.finished:
+                    del self._handles[event.command_id]
+            for result_callback in list(self._result_callbacks):
+                self._call(result_callback, event)
+        elif isinstance(event, BotCommandRefused | ReportRefused):
+            error = refused_error(event)
+            self._resolve(rid, error=error)
+            refused = self._handles.pop(event.command_id, None) if isinstance(event, BotCommandRefused) else None
+            if refused is not None:
+                refused._fail(error)
         elif isinstance(event, ErrorMessage):
             if rid is not None and not self._core.retrying(rid):
                 self._last_subscribed.pop(rid, None)
                 self._resolve(rid, error=RequestError(event.code, event.message, rid, event.channel))
         elif isinstance(event, Connection):
             self._connected.set()
-        self._queue.put_nowait(event)
+        elif isinstance(event, Data) and isinstance(event.payload, BotCommandRequest):
+            for command_callback in list(self._command_callbacks):
+                self._call(command_callback, event.payload)
+        if self._queue_events:
+            self._queue.put_nowait(event)
 
     async def _token(self) -> str:
         getter = self._get_token
@@ -378,7 +621,7 @@ class AsyncClient:
         core = self._core
         core.opened(time.time())
         self._ws = ws
-        timers = asyncio.get_running_loop().create_task(self._timers())
+        timers = asyncio.get_running_loop().create_task(self._timers(ws))
         try:
             async for message in ws:
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -392,24 +635,29 @@ class AsyncClient:
         except ConnectionClosed:
             pass
         finally:
+            # The timers end when they see this session over, even if a wait_for that finished at the same
+            # moment swallowed the cancel (Python < 3.12): awaiting them could otherwise hang for good.
+            self._ws = None
+            self._timers_changed.set()
             timers.cancel()
             with contextlib.suppress(BaseException):
                 await timers
-            self._ws = None
             self._connected.clear()
         received = ws.protocol.close_rcvd
         code, reason = (received.code, received.reason) if received is not None else (1006, "")
         return core.closed(code, reason, time.time())
 
-    async def _timers(self) -> None:
-        """Token refresh (and subscribes refused for now) on the open connection."""
+    async def _timers(self, ws: ClientConnection) -> None:
+        """Token refresh (and requests refused for now: subscribes, commands, reports) on the open connection."""
         core = self._core
-        while True:
+        while self._ws is ws:
             self._timers_changed.clear()
             deadline = core.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._timers_changed.wait(), timeout)
+            if self._ws is not ws:
+                return
             if core.tick(time.time()):
                 try:
                     token = await self._token()
@@ -424,9 +672,10 @@ class AsyncClient:
     async def _after(self, decision: Decision, event: Any) -> bool:
         """Deliver the disconnect, fail what cannot survive it; wait before the next attempt. False: stop."""
         self._connected.clear()
-        self._queue.put_nowait(event)
+        if self._queue_events:
+            self._queue.put_nowait(event)
         lost = ConnectionLost(f"the connection ended: {event.reason or event.code}")
-        for rid in [r for r in self._waiters if r not in self._core.intents]:
+        for rid in [r for r in self._waiters if not self._core.survives(r)]:
             self._resolve(rid, error=lost)
         if decision.error is not None:
             raise decision.error
@@ -443,5 +692,8 @@ class AsyncClient:
         error = self._error or ConnectionLost("the client is closed")
         for rid in list(self._waiters):
             self._resolve(rid, error=error)
+        for handle in list(self._handles.values()):
+            handle._fail(error)
+        self._handles.clear()
         self._stopped.set()
         self._queue.put_nowait(_END)

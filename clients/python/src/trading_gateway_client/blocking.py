@@ -6,6 +6,12 @@ them short (a handler that blocks for long delays reading; the gateway
 closes a reader that falls 1 MiB behind with 4001, and the client then
 reconnects and recovers). Requests (``subscribe``, ``bot_command``...) may
 be made from any thread; from a handler they do not wait for the answer.
+
+Bot commands: :meth:`BlockingClient.command` returns a
+:class:`BlockingCommandHandle` (``handle.sent(timeout)``,
+``handle.result(timeout)``); :meth:`BlockingClient.on_command_result` sees
+every state of every command of the user once. Services:
+:meth:`BlockingClient.on_command` and :meth:`BlockingClient.report`.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from typing import Any, cast
 
 import websocket
 
-from trading_gateway_client.aio import market_params, refusal_details, retry_after_seconds
+from trading_gateway_client.aio import market_params, refusal_details, refused_error, retry_after_seconds
+from trading_gateway_client.commands import PendingCommand
 from trading_gateway_client.core import ClientCore
 from trading_gateway_client.errors import ConnectionLost, RequestError, TerminalError, TokenUnavailable
-from trading_gateway_client.market import OrderBook
+from trading_gateway_client.market import BotCommandRequest, OrderBook
 from trading_gateway_client.messages import (
     BotCommandAck,
+    BotCommandRefused,
+    BotCommandReportAck,
+    BotCommandResult,
     Connection,
     Data,
     ErrorMessage,
@@ -33,17 +43,92 @@ from trading_gateway_client.messages import (
     Pong,
     Position,
     Refreshed,
+    ReportRefused,
     Resync,
     Subscribed,
     Unsubscribed,
 )
 from trading_gateway_client.policy import Decision, ReconnectPolicy, RefreshSchedule
 
-__all__ = ["BlockingClient"]
+__all__ = ["BlockingClient", "BlockingCommandHandle"]
 
 log = logging.getLogger("trading_gateway_client")
 Handler = Callable[[Any], None]
 READ_TICK = 1.0  # seconds: the longest the thread reads without looking at its timers
+
+
+def _quiet(future: Future[Any]) -> None:
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class BlockingCommandHandle:
+    """One bot command (blocking): its ack, each of its states once, its final result.
+
+    ``handle.sent(timeout)`` is the gateway's ack, ``handle.result(timeout)`` the final
+    :class:`BotCommandResult` (``succeeded``, ``failed`` or ``timed_out``), both waiting across
+    reconnects and raising ``TimeoutError`` after ``timeout`` (the command is still tracked), or
+    :class:`~trading_gateway_client.errors.RequestError` when the gateway refused it (``no_service``,
+    ``forbidden``, ``conflict``, ``not_found`` after a reconnect: the gateway lost it).
+    ``handle.updates`` holds each state delivered so far. Not from a handler: the client's own thread
+    cannot wait for what it has yet to read (``RuntimeError``).
+    """
+
+    def __init__(self, pending: PendingCommand, client: BlockingClient) -> None:
+        self.command_id, self.bot_id, self.command = pending.command_id, pending.bot_id, pending.command
+        self.params = dict(pending.params)
+        self.updates: list[BotCommandResult] = []
+        self.ack: BotCommandAck | None = None
+        self.error: BaseException | None = None
+        self._ack: Future[BotCommandAck] = Future()
+        self._done: Future[BotCommandResult] = Future()
+        _quiet(self._ack)
+        _quiet(self._done)
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"BlockingCommandHandle({self.command_id!r}, {self.bot_id!r}, {self.command!r}, state={self.state!r})"
+
+    @property
+    def state(self) -> str | None:
+        """The latest state known: None before the ack, then ``sent``, ``accepted``, a final one."""
+        if self.updates:
+            return self.updates[-1].state
+        return self.ack.state if self.ack is not None else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    def sent(self, timeout: float | None = 10.0) -> BotCommandAck:
+        self._client._not_from_handler("handle.sent()")
+        return self._ack.result(timeout)
+
+    def result(self, timeout: float | None = None) -> BotCommandResult:
+        self._client._not_from_handler("handle.result()")
+        return self._done.result(timeout)
+
+    def forget(self) -> None:
+        """Stop tracking the command (no resend, no status query after reconnects)."""
+        self._client._forget(self.command_id)
+
+    def _acked(self, ack: BotCommandAck) -> None:
+        if self.ack is None or not ack.duplicate:
+            self.ack = ack
+        if not self._ack.done():
+            self._ack.set_result(ack)
+
+    def _update(self, result: BotCommandResult) -> None:
+        self.updates.append(result)
+        if not self._ack.done():
+            self._ack.set_result(BotCommandAck(result.command_id, 0, None, "sent", True))
+        if result.finished and not self._done.done():
+            self._done.set_result(result)
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        for future in (self._ack, self._done):
+            if not future.done():
+                future.set_exception(error)
 
 
 class BlockingClient:
@@ -79,6 +164,7 @@ class BlockingClient:
         self._send_lock = threading.Lock()  # frame order on the socket (taken before the core's lock)
         self._ws: websocket.WebSocket | None = None
         self._waiters: dict[str, Future[Any]] = {}
+        self._handles: dict[str, BlockingCommandHandle] = {}
         self._last_subscribed: dict[str, Subscribed] = {}
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -104,6 +190,28 @@ class BlockingClient:
 
     def on_data(self, channel: str, handler: Handler | None = None) -> Any:
         return self.on(Data, handler, channel=channel)
+
+    def on_command_result(self, handler: Callable[[BotCommandResult], None]) -> Callable[[BotCommandResult], None]:
+        """Call ``handler(result)`` for each new state of each command of this user, once (a decorator too)."""
+        self.on(BotCommandResult, handler)
+        return handler
+
+    def on_command(self, handler: Callable[[BotCommandRequest], None]) -> Callable[[BotCommandRequest], None]:
+        """Services: call ``handler(command)`` for each command for the bots this service owns (a decorator too).
+
+        Subscribes to ``bot-commands`` (kept across reconnects, recovered with ``since``: each command once).
+        Report with :meth:`report`; from the handler it does not wait (a refusal is then a
+        :class:`ReportRefused` event).
+        """
+        def on_data(event: Data) -> None:
+            if isinstance(event.payload, BotCommandRequest):
+                handler(event.payload)
+
+        self.on(Data, on_data, channel="bot-commands")
+        with self._lock:
+            self._core.subscribe("bot-commands")
+        self._flush()
+        return handler
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -196,11 +304,55 @@ class BlockingClient:
         return cast(Pong, self._wait(future, True, timeout))
 
     def bot_command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
-                    wait: bool = True, timeout: float | None = 10.0) -> BotCommandAck | None:
+                    command_id: str | None = None, timeout_ms: int | None = None, wait: bool = True,
+                    timeout: float | None = 10.0) -> BotCommandAck | None:
+        """Send a command now (NotConnected while disconnected) and wait for its ack (see :meth:`command`)."""
         with self._lock:
-            future = self._waiter(self._core.bot_command(bot_id, command, params))
+            future = self._waiter(self._core.bot_command(bot_id, command, params, command_id=command_id,
+                                                         timeout_ms=timeout_ms))
         self._flush()
         return cast('BotCommandAck | None', self._wait(future, wait, timeout))
+
+    def command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                command_id: str | None = None, timeout_ms: int | None = None) -> BlockingCommandHandle:
+        """Send a bot command and track it until it finishes; returns at once with its handle.
+
+        The same rules as :meth:`AsyncClient.command <trading_gateway_client.aio.AsyncClient.command>`:
+        sent now or on the next connection, resent with its ``commandId`` when a reconnect lost the ack,
+        its state asked after every reconnect, each state delivered once.
+        """
+        with self._lock:
+            pending = self._core.send_command(bot_id, command, params, command_id=command_id,
+                                              timeout_ms=timeout_ms)
+            handle = self._handles.get(pending.command_id)
+            if handle is None:
+                handle = self._handles[pending.command_id] = BlockingCommandHandle(pending, self)
+        self._flush()
+        return handle
+
+    def report(self, command: BotCommandRequest, state: str, result: Any = None, *, wait: bool = True,
+               timeout: float | None = 10.0) -> BotCommandReportAck | None:
+        """Services: report ``accepted``, then ``succeeded`` or ``failed`` with ``result``.
+
+        Kept and sent again after reconnects until acknowledged, in order per command. With ``wait``
+        (not from a handler) it returns the ack, or raises
+        :class:`~trading_gateway_client.errors.ReportRefusedError` (``invalid_state``, ``not_found``...:
+        never retried); ``TimeoutError`` stops the waiting, not the report.
+        """
+        with self._lock:
+            pending = self._core.report(command.command_id, command.user_id, state, result)
+            future = self._waiter(pending.request_id)
+        self._flush()
+        return cast('BotCommandReportAck | None', self._wait(future, wait, timeout))
+
+    def _forget(self, command_id: str) -> None:
+        with self._lock:
+            self._core.forget_command(command_id)
+            self._handles.pop(command_id, None)
+
+    def _not_from_handler(self, what: str) -> None:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"{what} cannot wait on the client's own thread (in a handler): it reads the answer")
 
     def _wait(self, future: Future[Any], wait: bool, timeout: float | None) -> Any:
         if not wait or threading.current_thread() is self._thread:
@@ -225,7 +377,7 @@ class BlockingClient:
     @property
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._core.stats)
+            return {**self._core.stats, **self._core.tracker.stats}
 
     @property
     def core(self) -> ClientCore:
@@ -237,6 +389,7 @@ class BlockingClient:
         future = self._waiters.get(rid)
         if future is None or future.done():
             future = Future()
+            _quiet(future)
             if self._stopped.is_set():
                 future.set_exception(self._error or ConnectionLost("the client is closed"))
             else:
@@ -279,8 +432,29 @@ class BlockingClient:
             if event.id is not None:
                 self._last_subscribed[event.id] = event
             self._resolve(rid, event)
-        elif isinstance(event, Unsubscribed | Pong | BotCommandAck | Refreshed):
+        elif isinstance(event, Unsubscribed | Pong | Refreshed | BotCommandReportAck):
             self._resolve(rid, event)
+        elif isinstance(event, BotCommandAck):
+            self._resolve(rid, event)
+            with self._lock:
+                handle = self._handles.get(event.command_id)
+            if handle is not None:
+                handle._acked(event)
+        elif isinstance(event, BotCommandResult):
+            with self._lock:
+                handle = self._handles.get(event.command_id)
+                if handle is not None and event.finished:
+                    del self._handles[event.command_id]
+            if handle is not None:
+                handle._update(event)
+        elif isinstance(event, BotCommandRefused | ReportRefused):
+            error = refused_error(event)
+            self._resolve(rid, error=error)
+            with self._lock:
+                refused = (self._handles.pop(event.command_id, None) if isinstance(event, BotCommandRefused)
+                           else None)
+            if refused is not None:
+                refused._fail(error)
         elif isinstance(event, ErrorMessage):
             with self._lock:
                 retrying = self._core.retrying(rid)
@@ -424,7 +598,7 @@ class BlockingClient:
         self._emit(event)
         lost = ConnectionLost(f"the connection ended: {event.reason or event.code}")
         with self._lock:
-            stale = [r for r in self._waiters if r not in self._core.intents]
+            stale = [r for r in self._waiters if not self._core.survives(r)]
         for rid in stale:
             self._resolve(rid, error=lost)
         if decision.error is not None:
@@ -440,8 +614,12 @@ class BlockingClient:
         error = self._error or ConnectionLost("the client is closed")
         with self._lock:
             rids = list(self._waiters)
+            handles = list(self._handles.values())
+            self._handles.clear()
         for rid in rids:
             self._resolve(rid, error=error)
+        for handle in handles:
+            handle._fail(error)
         self._stopped.set()
 
 

@@ -5,6 +5,10 @@ gateway's repository, rendered in docs/protocol.md), kept as plain data so
 that this package stands alone. The gateway's test suite checks that the two
 are equal (``tests/test_client_library.py``), so they cannot drift apart.
 
+4501 (token revoked) says "do not reconnect with the same token": the
+clients stop on it, unless they have ``get_token``, which is then asked
+once for another token (:mod:`trading_gateway_client.policy`).
+
 Codes the table does not name are read by range, the way the gateway
 splits its own: 4000–4499 "reconnect (after a backoff)", 4500–4999 "do not
 reconnect with the same credentials". 1006 is never sent by a server: a
@@ -73,6 +77,12 @@ CLOSE_CODES: Mapping[int, CloseInfo] = MappingProxyType({
     4003: CloseInfo("RATE_LIMITED", "rate limited", _B,
                     "More than 20 `error` replies within 10 s: the client keeps sending what the "
                     "protocol refuses. Fix it, then reconnect after a backoff."),
+    4004: CloseInfo("DISCONNECTED", "disconnected by an operator", _B,
+                    "An operator closed this user's connections (POST /api/admin/disconnect). The token is still "
+                    "good: reconnect after a backoff."),
+    4501: CloseInfo("TOKEN_REVOKED", "token revoked", _N,
+                    "The token, or every token of the user issued until then, was revoked (POST /api/admin/revoke). "
+                    "Do not reconnect with the same token: it is refused at the handshake (401 token_revoked)."),
     4503: CloseInfo("CONNECTION_LIMIT", "too many connections", _B,
                     "Temporary: the user already has the maximum number of open connections. Close another "
                     "of them, or retry after a long backoff (30 s or more), never at once."),

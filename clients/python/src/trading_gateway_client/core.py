@@ -25,21 +25,33 @@ What the core keeps across connections:
   every ``subscribed``; a forward jump on ``trades``/``kline`` is a
   :class:`SeqGap`.
 * **Order books** per ``(symbol, category, stream)``.
+* **Bot commands and reports** (:mod:`trading_gateway_client.commands`):
+  a bot's unfinished commands, resent (same ``commandId``) or queried
+  after every reconnect, each state delivered once; a service's reports,
+  sent again until acknowledged.
+* **The token's revocation** (close 4501, or a refusal ``token_revoked``):
+  with ``get_token`` the client asks it once for another token and goes on
+  with it if it is a different one; the same token, no ``get_token``, or a
+  second revocation in a row stops the client.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trading_gateway_client.errors import NotConnected
+from trading_gateway_client.commands import CommandTracker, PendingCommand, PendingReport, new_command_id
+from trading_gateway_client.errors import ClosedByGateway, NotConnected
 from trading_gateway_client.market import BookView, OrderBook
 from trading_gateway_client.messages import (
     BROKERED_CHANNELS,
     EVENT_STREAMS,
+    BotCommandAck,
+    BotCommandReportAck,
+    BotCommandResult,
     Connection,
     Data,
     Disconnected,
@@ -52,7 +64,6 @@ from trading_gateway_client.messages import (
     SeqGap,
     Subscribed,
     Unknown,
-    bot_command_message,
     encode,
     parse_server_message,
     ping_message,
@@ -109,7 +120,8 @@ def _check_token(token: str) -> str:
 class ClientCore:
     def __init__(self, url: str | Sequence[str], *, positions: Mapping[str, Position | tuple[int, str]] | None = None,
                  policy: ReconnectPolicy | None = None, refresh: RefreshSchedule | None = None,
-                 auto_refresh: bool = True, can_renew_token: bool = True, rng: random.Random | None = None) -> None:
+                 auto_refresh: bool = True, can_renew_token: bool = True, rng: random.Random | None = None,
+                 command_ids: Callable[[], str] | None = None) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("at least one URL")
@@ -151,6 +163,10 @@ class ClientCore:
         self.outgoing: list[str] = []
         self._ids = 0
         self.stats = {"connections": 0, "duplicates_dropped": 0, "resyncs": 0, "seq_gaps": 0, "refreshes": 0}
+        # Bot commands (a bot's) and reports (a service's), kept across connections.
+        self.tracker = CommandTracker(self._queue, self._next_id, self.rng, command_ids or new_command_id)
+        # The token was revoked (4501 / 401 token_revoked): get_token is asked once for another one.
+        self._revoked_token: str | None = None
 
     # -- ids and frames -------------------------------------------------------------------
 
@@ -174,6 +190,11 @@ class ClientCore:
     # -- the token ------------------------------------------------------------------------
 
     def set_token(self, token: str, now: float) -> None:
+        if self._revoked_token is not None and token == self._revoked_token:
+            self.state = "stopped"
+            raise ClosedByGateway(4501, "token revoked", "TOKEN_REVOKED",
+                                  "The token was revoked and get_token gave the same token again: not reconnecting "
+                                  "with it.")
         self.token = _check_token(token)
         self._token_exp = jwt_expiry(token)
         self._renew = False
@@ -213,19 +234,22 @@ class ClientCore:
         """The open connection ended with ``code`` (1006 when there was no close frame)."""
         if self._opened_at is not None and now - self._opened_at >= self.policy.stable_after:
             self.attempt = 0
-        decision = self.policy.after_close(code, reason, attempt=self.attempt, can_renew_token=self.can_renew_token,
+        decision = self.policy.after_close(code, reason, attempt=self.attempt, can_renew_token=self._can_renew(code),
                                            closed_by_client=self._closing, rng=self.rng)
+        self._revoked(code == 4501, decision)
         self._ended(decision)
         return decision, Disconnected(code, reason, decision.delay if decision.reconnect else None)
 
     def refused(self, status: int, error: str, message: str, now: float,
                 retry_after: float | None = None) -> tuple[Decision, Disconnected]:
         """The upgrade was answered with an HTTP error status."""
+        revoked = status == 401 and error == "token_revoked"
         decision = self.policy.after_refusal(status, error, message, attempt=self.attempt,
-                                             can_renew_token=self.can_renew_token, retry_after=retry_after,
-                                             rng=self.rng)
+                                             can_renew_token=self._can_renew(4501 if revoked else None),
+                                             retry_after=retry_after, rng=self.rng)
         if self._closing:
             decision = Decision(False)
+        self._revoked(revoked, decision)
         self._ended(decision)
         return decision, Disconnected(None, message, decision.delay if decision.reconnect else None, status, error)
 
@@ -234,6 +258,16 @@ class ClientCore:
         decision = Decision(False) if self._closing else self.policy.after_failure(self.attempt, self.rng)
         self._ended(decision)
         return decision, Disconnected(None, description, decision.delay if decision.reconnect else None)
+
+    def _can_renew(self, code: int | None) -> bool:
+        """A revocation right after another (the token get_token gave was revoked too) is not renewed again."""
+        if code == 4501 and self._revoked_token is not None:
+            return False
+        return self.can_renew_token
+
+    def _revoked(self, revoked: bool, decision: Decision) -> None:
+        if revoked and decision.reconnect and self.token is not None:
+            self._revoked_token = self.token  # get_token must give another one
 
     def _ended(self, decision: Decision) -> None:
         self.state = "closed" if decision.reconnect else "stopped"
@@ -249,6 +283,7 @@ class ClientCore:
             intent.active = False
             intent.since_sent = None
             intent.retry = False
+        self.tracker.disconnected()
         if decision.renew_token:
             self._renew = True
         if decision.reconnect:
@@ -314,11 +349,38 @@ class ClientCore:
         self._queue(ping_message(data, request_id=rid))
         return rid
 
-    def bot_command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None) -> str:
+    def bot_command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                    command_id: str | None = None, timeout_ms: int | None = None) -> str:
+        """Send a command now (an open connection is required); the request id its ack answers.
+
+        The command is tracked like :meth:`send_command`'s: resent or queried after a reconnect.
+        """
         self._require_open("bot_command")
-        rid = self._next_id("c")
-        self._queue(bot_command_message(bot_id, command, params, request_id=rid))
-        return rid
+        return self.send_command(bot_id, command, params, command_id=command_id, timeout_ms=timeout_ms).request_id
+
+    def send_command(self, bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                     command_id: str | None = None, timeout_ms: int | None = None) -> PendingCommand:
+        """Track a bot command until it finishes: sent now if connected, else on the next connection.
+
+        Without ``command_id`` one is chosen, so that every resend is the same command to the gateway.
+        ``timeout_ms`` (1,000-600,000) is the command's deadline, else the gateway's ``BOT_COMMAND_TIMEOUT``.
+        Raises ``ValueError`` for an invalid id or timeout, or an id already tracked for another command.
+        """
+        self._require_running("a bot command")
+        return self.tracker.command(bot_id, command, params, command_id=command_id, timeout_ms=timeout_ms)
+
+    def forget_command(self, command_id: str) -> PendingCommand | None:
+        """Stop tracking a command: no resend, no status query (its pushed results are still delivered)."""
+        return self.tracker.forget(command_id)
+
+    def report(self, command_id: str, user_id: str, state: str, result: Any = None) -> PendingReport:
+        """A service reports a command's progress; kept (and sent again after reconnects) until acknowledged."""
+        self._require_running("a report")
+        return self.tracker.report(command_id, user_id, state, result)
+
+    def _require_running(self, what: str) -> None:
+        if self.state == "stopped":
+            raise NotConnected(f"{what} needs a running client: this one has stopped")
 
     def _require_open(self, what: str) -> None:
         if not self.is_open:
@@ -331,7 +393,7 @@ class ClientCore:
         if not self.is_open:
             return None
         deadlines = [d for d in (self._refresh_at if self._refresh_inflight is None else None,
-                                 self._resubscribe_at) if d is not None]
+                                 self._resubscribe_at, self.tracker.next_deadline()) if d is not None]
         return min(deadlines, default=None)
 
     def tick(self, now: float) -> bool:
@@ -345,6 +407,7 @@ class ClientCore:
                 if intent.retry:
                     intent.retry = False
                     self._send_subscribe(intent)
+        self.tracker.tick(now)
         return self.refresh_due(now)
 
     def refresh_due(self, now: float) -> bool:
@@ -354,7 +417,11 @@ class ClientCore:
     def retrying(self, request_id: str | None) -> bool:
         """Is this subscribe being sent again (its refusal was only "not now")?"""
         intent = self.intents.get(request_id) if request_id is not None else None
-        return intent is not None and intent.retry
+        return (intent is not None and intent.retry) or self.tracker.retrying(request_id)
+
+    def survives(self, request_id: str) -> bool:
+        """Is this request kept across reconnects (a subscription, a tracked command, a pending report)?"""
+        return request_id in self.intents or self.tracker.survives(request_id)
 
     @property
     def expires_at(self) -> float | None:
@@ -401,7 +468,16 @@ class ClientCore:
         if isinstance(event, Refreshed):
             self._on_refreshed(event, now)
             return [event]
+        if isinstance(event, BotCommandAck):
+            return self.tracker.on_ack(event)
+        if isinstance(event, BotCommandResult):
+            return self.tracker.on_result(event)
+        if isinstance(event, BotCommandReportAck):
+            return self.tracker.on_report_ack(event)
         if isinstance(event, ErrorMessage):
+            answered = self.tracker.on_error(event, now)
+            if answered is not None:
+                return answered
             self._on_error(event, now)
             return [event]
         return [event]
@@ -415,8 +491,10 @@ class ClientCore:
         self._refresh_at = (self.schedule.refresh_at(self._expires_at, lifetime)
                             if self.auto_refresh and self.can_renew_token else None)
         self._refresh_inflight = None
+        self._revoked_token = None  # the token that opened this connection is good
         for intent in list(self.intents.values()):
             self._send_subscribe(intent)
+        self.tracker.connected()
         return [event]
 
     def _on_subscribed(self, event: Subscribed) -> list[Event]:

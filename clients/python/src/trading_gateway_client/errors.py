@@ -12,6 +12,7 @@ __all__ = [
     "MaybePublished",
     "NotConnected",
     "PublishError",
+    "ReportRefusedError",
     "RequestError",
     "TerminalError",
     "TokenUnavailable",
@@ -54,6 +55,22 @@ class RequestError(GatewayClientError):
     def __init__(self, code: str, message: str, request_id: str | None = None, channel: str | None = None) -> None:
         self.code, self.message, self.request_id, self.channel = code, message, request_id, channel
         super().__init__(f"{code}: {message}")
+
+
+class ReportRefusedError(RequestError):
+    """A service's ``bot_command_report`` refused for good (``invalid_state``, ``not_found``...): not retried.
+
+    ``current_state``: the command's state the gateway named (``invalid_state``); ``resent``: the report
+    had gone out on a connection that ended before its answer, so the gateway may have taken that one
+    (then ``current_state`` is the reported state, or later).
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, *, command_id: str = "",
+                 user_id: str = "", state: str = "", current_state: str | None = None,
+                 resent: bool = False) -> None:
+        super().__init__(code, message, request_id)
+        self.command_id, self.user_id, self.state = command_id, user_id, state
+        self.current_state, self.resent = current_state, resent
 
 
 class ConnectionLost(GatewayClientError):

@@ -186,7 +186,10 @@ class SystemHealth:
 
 @dataclass(frozen=True)
 class BotCommandRequest:
-    """A user's bot command, as a service subscribed to ``bot-commands`` receives it."""
+    """A user's bot command, as a service subscribed to ``bot-commands`` receives it.
+
+    Report its progress with ``client.report(command, "accepted" | "succeeded" | "failed", result)``.
+    """
 
     command_id: str
     user_id: str  # set by the gateway from the sender's token: trust it
@@ -194,11 +197,18 @@ class BotCommandRequest:
     command: str
     params: dict[str, Any]
     session_id: str | None
+    deadline: int | None = None  # epoch ms: past it the command is timed_out and reports are refused
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> BotCommandRequest:
+        deadline = d.get("deadline")
         return cls(d["commandId"], d["userId"], d["botId"], d["command"], dict(d.get("params") or {}),
-                   d.get("sessionId"))
+                   d.get("sessionId"), deadline if isinstance(deadline, int) and not isinstance(deadline, bool)
+                   else None)
+
+    def expired(self, now_ms: int) -> bool:
+        """Is the deadline past (``now_ms``: epoch ms, the service's clock)?"""
+        return self.deadline is not None and now_ms >= self.deadline
 
 
 def decode_payload(channel: str, stream: str | None, data: Any) -> Any:

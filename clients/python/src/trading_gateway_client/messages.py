@@ -10,6 +10,7 @@ and encoded with :func:`encode`. Everything here is pure: no I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,17 @@ from trading_gateway_client.market import decode_payload
 __all__ = [
     "BROKERED_CHANNELS",
     "CHANNELS",
+    "COMMAND_ID",
+    "COMMAND_STATES",
+    "MAX_TIMEOUT_MS",
+    "MIN_TIMEOUT_MS",
     "PRIVATE_CHANNELS",
+    "REPORT_STATES",
+    "TERMINAL_STATES",
     "BotCommandAck",
+    "BotCommandRefused",
+    "BotCommandReportAck",
+    "BotCommandResult",
     "Connection",
     "Data",
     "Disconnected",
@@ -30,16 +40,20 @@ __all__ = [
     "Pong",
     "Position",
     "Refreshed",
+    "ReportRefused",
     "Resync",
     "SeqGap",
     "Subscribed",
     "Unknown",
     "Unsubscribed",
     "bot_command_message",
+    "bot_command_report_message",
+    "bot_command_status_message",
     "encode",
     "parse_server_message",
     "ping_message",
     "refresh_message",
+    "state_rank",
     "subscribe_message",
     "unsubscribe_message",
 ]
@@ -50,6 +64,20 @@ BROKERED_CHANNELS = PRIVATE_CHANNELS | {"bot-commands"}
 CHANNELS = BROKERED_CHANNELS | {"market-data", "time-sync", "system-health"}
 # Streams whose every message matters (a forward seq jump is a loss); the others carry latest values.
 EVENT_STREAMS = ("trades", "kline")
+
+# Bot commands (docs/protocol.md, "Bot commands"): states move forward only.
+COMMAND_STATES = ("sent", "accepted", "succeeded", "failed", "timed_out")
+TERMINAL_STATES = frozenset({"succeeded", "failed", "timed_out"})
+REPORT_STATES = frozenset({"accepted", "succeeded", "failed"})  # what a service may report
+COMMAND_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a client-chosen commandId
+MIN_TIMEOUT_MS, MAX_TIMEOUT_MS = 1_000, 600_000
+
+
+def state_rank(state: str) -> int:
+    """How far along a command state is: sent 0, accepted 1, a final state 2 (-1: unknown)."""
+    if state in TERMINAL_STATES:
+        return 2
+    return {"sent": 0, "accepted": 1}.get(state, -1)
 
 
 @dataclass(frozen=True)
@@ -177,8 +205,87 @@ class Refreshed:
 
 @dataclass(frozen=True)
 class BotCommandAck:
+    """A ``bot_command`` stored and sent to the owning service (``state`` ``sent``), or, ``duplicate``,
+    a resend of a known ``commandId`` answered from what is stored (``state``: its current one)."""
+
     command_id: str
-    delivered_to: int
+    delivered_to: int  # the owning service's listeners it went out to (0 on a duplicate: not sent again)
+    id: str | None = None
+    state: str = "sent"
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class BotCommandResult:
+    """A command's state: pushed on every change, or the answer to ``bot_command_status`` (``id`` set).
+
+    The client delivers each state of a command once (a status answer after a reconnect that repeats a
+    state already delivered is dropped). ``result`` is what the service reported with ``succeeded`` or
+    ``failed`` (None otherwise); ``ts`` when the state was reached (epoch ms).
+    """
+
+    command_id: str
+    bot_id: str
+    command: str
+    state: str  # accepted, succeeded, failed, timed_out (sent only in a status answer)
+    result: Any
+    ts: int
+    id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+
+@dataclass(frozen=True)
+class BotCommandReportAck:
+    """A service's report taken: the command is now in ``state``."""
+
+    command_id: str
+    state: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class BotCommandRefused:
+    """A tracked command the gateway will not carry (an event of the client; it stops tracking it).
+
+    ``code``: the ``error`` the gateway answered to the ``bot_command`` (``no_service``, ``forbidden``,
+    ``conflict``, ``invalid_message``, ``audit_unavailable``), or ``not_found`` to the status query after a
+    reconnect: the gateway no longer knows the command (its record was lost or is older than a day), so
+    its outcome is unknown.
+    """
+
+    command_id: str
+    bot_id: str
+    command: str
+    code: str
+    message: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportRefused:
+    """A service's report the gateway refused for good (an event of the client; not sent again).
+
+    ``code``: ``invalid_state`` (not a step forward: finished, timed out, or accepted by another replica;
+    ``current_state`` is the command's state the gateway named), ``not_found`` (another service's
+    command, or none), ``forbidden`` (not a service token), ``invalid_message``. ``resent``: the report
+    had gone out on an earlier connection whose answer was lost, so an ``invalid_state`` naming the
+    reported state may be this client's own report, taken before the connection ended.
+    """
+
+    command_id: str
+    user_id: str
+    state: str
+    code: str
+    message: str
+    current_state: str | None = None
+    resent: bool = False
     id: str | None = None
 
 
@@ -224,8 +331,9 @@ class SeqGap:
     stream: str | None = None
 
 
-Event = (Connection | Subscribed | Unsubscribed | Data | Resync | Pong | Refreshed | BotCommandAck | ErrorMessage
-         | Unknown | Disconnected | SeqGap)
+Event = (Connection | Subscribed | Unsubscribed | Data | Resync | Pong | Refreshed | BotCommandAck
+         | BotCommandResult | BotCommandReportAck | BotCommandRefused | ReportRefused | ErrorMessage | Unknown
+         | Disconnected | SeqGap)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -260,8 +368,16 @@ def parse_server_message(obj: Mapping[str, Any]) -> Event:
         if kind == "refreshed":
             return Refreshed(obj["expiresAt"], rid)
         if kind == "bot_command_ack":
-            data = obj.get("data") or {}
-            return BotCommandAck(data["commandId"], data.get("deliveredTo", 0), rid)
+            data = obj["data"]
+            return BotCommandAck(data["commandId"], int(data.get("deliveredTo") or 0), rid,
+                                 str(data.get("state", "sent")), bool(data.get("duplicate", False)))
+        if kind == "bot_command_result":
+            data = obj["data"]
+            return BotCommandResult(data["commandId"], data["botId"], data["command"], data["state"],
+                                    data.get("result"), data.get("ts", 0), rid)
+        if kind == "bot_command_report_ack":
+            data = obj["data"]
+            return BotCommandReportAck(data["commandId"], data["state"], rid)
         if kind == "error":
             return ErrorMessage(obj.get("code", ""), obj.get("message", ""), rid, obj.get("channel"),
                                 obj.get("symbol"), obj.get("stream"))
@@ -309,11 +425,28 @@ def refresh_message(token: str, *, request_id: str | None = None) -> dict[str, A
 
 
 def bot_command_message(bot_id: str, command: str, params: Mapping[str, Any] | None = None, *,
+                        command_id: str | None = None, timeout_ms: int | None = None,
                         request_id: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"botId": bot_id, "command": command}
     if params:
         data["params"] = dict(params)
+    if command_id is not None:
+        data["commandId"] = command_id
+    if timeout_ms is not None:
+        data["timeoutMs"] = timeout_ms
     return _with_id({"type": "bot_command", "data": data}, request_id)
+
+
+def bot_command_status_message(command_id: str, *, request_id: str | None = None) -> dict[str, Any]:
+    return _with_id({"type": "bot_command_status", "data": {"commandId": command_id}}, request_id)
+
+
+def bot_command_report_message(command_id: str, user_id: str, state: str, result: Any = None, *,
+                               request_id: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"commandId": command_id, "userId": user_id, "state": state}
+    if result is not None:
+        data["result"] = result
+    return _with_id({"type": "bot_command_report", "data": data}, request_id)
 
 
 def encode(msg: Mapping[str, Any]) -> str:

@@ -41,7 +41,12 @@ class ReconnectPolicy:
     * ``back off`` rows, 1006 and failed attempts: full jitter, a random
       0–min(``cap``, ``base`` × 2^attempt); 4503 (the user's connection
       limit) a random ``connection_limit`` interval (30–60 s), never at once.
-    * ``do not reconnect`` rows: stop with :class:`~trading_gateway_client.errors.ClosedByGateway`.
+    * ``do not reconnect`` rows: stop with :class:`~trading_gateway_client.errors.ClosedByGateway`;
+      except 4501 (token revoked) with ``can_renew_token``: a new token from
+      ``get_token``, after a backoff (a 401 ``token_revoked`` refusal alike).
+      The core passes ``can_renew_token=False`` for a second revocation in a
+      row, and stops when ``get_token`` hands back the revoked token.
+    * 4004 (an operator disconnected the user) is a ``back off`` row: the token is still good.
 
     The attempt count goes back to 0 once a connection has stayed up
     ``stable_after`` seconds. ``max_attempts`` (None: never) stops the client
@@ -71,6 +76,10 @@ class ReconnectPolicy:
         if closed_by_client:
             return Decision(False)
         info = close_info(code)
+        if code == 4501 and can_renew_token:
+            # Revoked: never again with this token, but get_token may give another one (the shell stops if it
+            # gives the same; the core does not renew twice in a row).
+            return self._retry(self.backoff(attempt, rng), attempt, renew_token=True)
         if info.action is Action.DO_NOT_RECONNECT:
             return Decision(False, error=ClosedByGateway(code, reason, info.name, info.meaning))
         if code == 1001:
@@ -100,6 +109,8 @@ class ReconnectPolicy:
             if not can_renew_token:
                 return Decision(False, error=TokenUnavailable(
                     f"the gateway refused the token as expired ({message}) and the client has no get_token"))
+            return self._retry(self.backoff(attempt, rng), attempt, renew_token=True)
+        if status == 401 and error == "token_revoked" and can_renew_token:
             return self._retry(self.backoff(attempt, rng), attempt, renew_token=True)
         if status in (429, 503) or status == 408 or status >= 500:
             delay = self.backoff(attempt, rng)
