@@ -32,8 +32,8 @@ types: $(STAMP)        ## mypy: strict on the pure layers, plain on the rest (se
 imports: $(STAMP)      ## the layers: the contract in tests/test_layers.py (every import, read from the source)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
 
-token: $(STAMP)        ## make token USER=alice [ROLE=service] [BOTS=bot-1,bot-2] [TTL=3600]
-	@$(PY) -m gateway.token '$(USER)' $(if $(ROLE),--role '$(ROLE)') $(if $(BOTS),--bots '$(BOTS)') $(if $(TTL),--ttl '$(TTL)')
+token: $(STAMP)        ## make token USER=alice [ROLE=service|admin] [BOTS=bot-1,bot-2] [SERVES='grid-*'] [TTL=3600]
+	@$(PY) -m gateway.token '$(USER)' $(if $(ROLE),--role '$(ROLE)') $(if $(BOTS),--bots '$(BOTS)') $(if $(SERVES),--serves '$(SERVES)') $(if $(TTL),--ttl '$(TTL)')
 
 bench: $(STAMP)        ## every scenario and peer (bench/run.py; BENCH_ARGS=--quick for a smoke run)
 	$(PY) -m pip install --quiet -r bench/requirements.txt && cd bench/peers/node && npm ci --no-audit --no-fund --silent

@@ -49,7 +49,7 @@ def _epoch_ms(value: Any, name: str) -> float | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**14:
         return value / 1000
     if isinstance(value, str):
-        if re.fullmatch(r"\d{1,14}", value):
+        if re.fullmatch(r"[0-9]{1,14}", value):
             return int(value) / 1000
         try:
             parsed = datetime.fromisoformat(value)
@@ -135,7 +135,7 @@ def blueprint(gateway: Any) -> Blueprint:
             raise AdminError(404, "no_audit_trail", "this gateway keeps no audit trail (DATABASE_URL=none)")
         args = request.args
         limit_text = args.get("limit", "100")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 1000:
             raise AdminError(400, "invalid_request", "limit must be an integer from 1 to 1000")
         user, bot = args.get("user") or None, args.get("bot") or None
         for value, name in ((user, "user"), (bot, "bot")):

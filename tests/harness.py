@@ -68,26 +68,30 @@ class GatewayProcess:
         self._ready = threading.Event()
 
     def start(self, timeout: float = 15.0) -> GatewayProcess:
+        """Start (or start again after ``stop``: same settings and DATA_DIR, a new port unless PORT is set)."""
+        self._ready.clear()
+        self.port = 0
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), *self.args], cwd=ROOT, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         if not self._ready.wait(timeout) or not self.port:
             self.stop()
             raise RuntimeError("gateway did not start:\n" + "\n".join(self.lines[-40:]))
         return self
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            if not self._ready.is_set():
+            if not self._ready.is_set() and proc is self.proc:
                 match = _LISTENING.search(line)
                 if match:
                     self.port = int(match.group(1))
                     self._ready.set()
-        self._ready.set()
+        if proc is self.proc:
+            self._ready.set()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc is None:

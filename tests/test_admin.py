@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.harness import Client, GatewayProcess
 from tests.redis_server import RedisServer
@@ -181,3 +184,38 @@ def test_a_revocation_reaches_every_node_within_a_second():
             assert disconnected_b.expect_close(timeout=1.0)[0] == 4004
     finally:
         redis_server.stop()
+
+
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15) | st.text(max_size=40),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                   max_size=3), max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.fixed_dictionaries({}, optional={"jti": _VALUES, "userId": _VALUES, "until": _VALUES,
+                                                "reason": _VALUES}) | _VALUES)
+def test_any_revoke_body_is_done_or_refused_with_400(gw, body):
+    """Whatever JSON an operator's script sends: a revocation, or a 400 that names the problem; never a 500."""
+    status, answer = _http(gw, "POST", "/api/admin/revoke", body)
+    assert status in (200, 400), (status, answer)
+    if status == 400:
+        assert answer["error"] in ("invalid_request", "invalid_message") and answer["message"]
+    else:
+        revocation = answer["revocation"]
+        assert (revocation["jti"], revocation["userId"]) in ((body.get("jti"), None), (None, body.get("userId")))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(st.sampled_from(["user", "bot", "since", "until", "limit", "other"]),
+                              st.text(max_size=30), max_size=5))
+def test_any_audit_query_is_answered_or_refused_with_400(gw, params):
+    query = urllib.parse.urlencode(params)
+    status, answer = _http(gw, "GET", f"/api/audit/commands?{query}")
+    assert status in (200, 400), (status, answer)
+    if status == 200:
+        assert isinstance(answer["commands"], list) and len(answer["commands"]) <= int(params.get("limit") or 100)
+
+
+@pytest.mark.parametrize("limit", ["²", "٣", "1e2", "-1", "1001", " 5"])
+def test_odd_limits_are_400(gw, limit):
+    assert _http(gw, "GET", f"/api/audit/commands?limit={urllib.parse.quote(limit)}")[0] == 400
