@@ -39,6 +39,7 @@ bench: $(STAMP)        ## every scenario and peer (bench/run.py; BENCH_ARGS=--qu
 	$(PY) -m pip install --quiet -r bench/requirements.txt && cd bench/peers/node && npm ci --no-audit --no-fund --silent
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/publish_rate.py
+	$(PY) bench/revoke_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts .demo
