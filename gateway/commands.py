@@ -59,7 +59,10 @@ __all__ = ["RETENTION", "CommandDesk"]
 
 log = logging.getLogger("gateway.commands")
 
-RETENTION = 24 * 3600.0  # seconds a command's record answers status queries and resends
+# Seconds a command's record answers status queries and resends after its last change: longer
+# than any deadline (10 minutes at most), short enough that a client flooding the desk with new
+# commandIds (20 messages a second at most, WS_COMMAND_RATE) holds a bounded amount of memory.
+RETENTION = 3600.0
 Frames = list[tuple[str, str]]  # (text, message type for the metrics)
 
 
