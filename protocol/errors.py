@@ -47,7 +47,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.RATE_LIMITED: "More messages than the connection's budget (`WS_COMMAND_RATE` a second): this one "
                             "was not handled. Slow down; errors past the error budget close the connection "
                             "with 4003.",
-    ErrorCode.NOT_FOUND: "No command with this `commandId` for this user (never sent, or finished more than an hour ago).",
+    ErrorCode.NOT_FOUND: "No command with this `commandId` for this user (never sent, or finished more than an "
+                         "hour ago).",
     ErrorCode.CONFLICT: "This `commandId` was already used for another command (another bot, command or "
                         "params); nothing was sent.",
     ErrorCode.INVALID_STATE: "A service's report is not a step forward from the command's state (already "
