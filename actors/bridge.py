@@ -8,16 +8,16 @@ not pass through it: the streams hand each update to the
 :class:`MarketPublisher` (this module), which publishes it to its channel;
 the bridge replays the publisher's latest values to new subscribers.
 Sends: ``WantTopics``/``DropTopics`` to exchange streams (through their
-supervisor handles, which survive restarts), ``Publish``, ``PublishLatest``
-and ``Evict`` to channel actors (through the hub).
+supervisor handles, which survive restarts), ``Publish`` and ``Evict`` to
+channel actors (through the hub).
 
 * The first subscriber of a symbol's stream subscribes upstream; the last
   one leaving unsubscribes after ``grace`` seconds. One upstream
   subscription serves every client. Popular pairs stay subscribed.
 * The latest ticker and book of each symbol are retained: a new subscriber
   gets them at once, before live updates. They are also *conflated* on
-  their way to the channel (:class:`actors.messages.LatestSlot`): a channel
-  that falls behind a burst fans out the newest value, never a backlog.
+  their way to the channel (:class:`MarketPublisher`): under a burst each
+  symbol's newest value is fanned out, never a backlog.
   Trades and candles are events, never conflated.
 * ``time-sync`` and ``system-health`` are published every ``status_interval``
   seconds, and ``system-health`` also on every stream state change.
@@ -43,7 +43,7 @@ from typing import Any
 import gevent
 
 from actors.exchange_stream import BookReset, DropTopics, MarketData, StreamState, SubscribeRejected, WantTopics
-from actors.messages import Evict, LatestSlot, Publish, PublishLatest
+from actors.messages import Evict, Publish
 from metrics.definitions import labelled
 from protocol.channels import ChannelKey, market_key
 from protocol.errors import ErrorCode
@@ -55,9 +55,6 @@ __all__ = ["GetStats", "InterestChanged", "MarketDataBridgeActor", "key_to_topic
 log = logging.getLogger("gateway.bridge")
 
 RETAINED_STREAMS = ("ticker", "orderbook")
-# A latest-value message not taken by its channel within this many seconds is
-# told again (the channel may have been replaced with it in the dead inbox).
-RETELL_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,75 +150,114 @@ class MarketPublisher:
     """The tick path: an exchange stream's updates, straight to their channels.
 
     Not an actor: a plain object the exchange streams call as they handle a
-    frame (``handle``), so that an update makes one hop, stream → channel,
-    instead of two (the bridge stays the control plane: interest, upstream
+    frame (``handle``), and it calls the channel itself
+    (:meth:`ChannelActor.publish_now`, found in the hub's ``local_channels``):
+    one hop from the frame to the fan-out, no message and no greenlet per
+    update (the bridge stays the control plane: interest, upstream
     subscriptions, retries, status). It maps a topic to its channel key,
     keeps the latest ticker and book of each key for new subscribers
     (:attr:`latest`, which the bridge replays), and conflates latest values
-    on their way to the channel (:class:`LatestSlot`): a channel that is
-    behind fans out the newest value, not a backlog. Trades and candles go
-    as they come. Streams and bridge share one in the same gevent thread;
-    nothing here yields.
+    per key: they are published once per turn of the event loop, after the
+    stream has handled every frame that one read brought, so a burst fans
+    out each symbol's newest value, not a backlog (counted in
+    ``ws_market_data_conflated_total``). Trades and candles are events: each
+    one is published at once, in order. Streams and bridge share one in the
+    same gevent thread; nothing here yields.
     """
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
-        self.latest: dict[ChannelKey, Publish] = {}
-        self.slots: dict[ChannelKey, LatestSlot] = {}  # conflation, one per latest-value key
-        self._keys: dict[tuple[str, str, str], tuple[ChannelKey, str, str, bool]] = {}
+        self.local: dict[ChannelKey, Any] = getattr(hub, "local_channels", {})
+        self.latest: dict[ChannelKey, Publish | MarketData] = {}  # read with latest_value()
+        self._dirty: dict[ChannelKey, Publish | MarketData] = {}  # latest values not yet published
+        self._scheduled = False
+        self._keys: dict[str, dict[str, dict[str, tuple[ChannelKey, str, str, bool, dict[str, str]]]]] = {}
         self._conflated = labelled(hub.metrics.conflated, "channel")
 
-    def _key(self, exchange: str, category: str, topic: str) -> tuple[ChannelKey, str, str, bool]:
-        """(channel key, symbol, stream, latest-value?) for a topic: computed once per topic."""
-        found = self._keys.get((exchange, category, topic))
+    def _key(self, exchange: str, category: str, topic: str) -> tuple[ChannelKey, str, str, bool, dict[str, str]]:
+        """(channel key, symbol, stream, latest-value?, envelope extra) for a topic: computed once per topic."""
+        topics = self._keys.setdefault(exchange, {}).setdefault(category, {})
+        found = topics.get(topic)
         if found is None:
             stream, symbol = topic_to_stream(topic)
             retain = stream == "ticker" or stream.startswith("orderbook")
-            found = (market_key(exchange, category, symbol, stream), symbol, stream, retain)
-            if len(self._keys) < 100_000:  # topics come from subscriptions: bounded, and this is a cache
-                self._keys[(exchange, category, topic)] = found
+            # one extra dict per key, shared by its publications: the channel caches its envelope by it
+            found = (market_key(exchange, category, symbol, stream), symbol, stream, retain,
+                     {"symbol": symbol, "stream": stream})
+            if len(topics) < 100_000:  # topics come from subscriptions: bounded, and this is a cache
+                topics[topic] = found
         return found
 
     def handle(self, message: MarketData | BookReset) -> None:
-        if isinstance(message, MarketData):
-            key, symbol, stream, retain = self._key(message.exchange, message.category, message.topic)
-            publish = Publish(message.data, int(time.time() * 1000), {"symbol": symbol, "stream": stream},
-                              retain, message.received_ms / 1000)
-            if retain:
-                self.publish_latest(key, publish)
-            else:
-                self.hub.publish(key, publish)  # trades and candles: every one of them, in order
+        if type(message) is MarketData:
+            topics = self._keys.get(message.exchange, _NONE).get(message.category, _NONE)
+            found = topics.get(message.topic) or self._key(message.exchange, message.category, message.topic)
+            if found[3]:
+                self._latest(found[0], message)  # published at the end of this turn of the loop
+            else:  # trades and candles: every one of them, in order
+                self._publish(found[0], message.data, found[4], False, message.received_ms / 1000)
         else:
-            key, symbol, stream, _ = self._key(message.exchange, message.category, message.topic)
-            data = {"symbol": symbol, "category": message.category, "bids": [], "asks": [], "reset": True,
-                    "resync": True, "reason": message.reason}
-            self.publish_latest(key, Publish(data, int(time.time() * 1000), {"symbol": symbol, "stream": stream},
-                                             True))
+            assert isinstance(message, BookReset)
+            key, symbol, _, _, extra = self._key(message.exchange, message.category, message.topic)
+            data: dict[str, Any] = {"symbol": symbol, "category": message.category, "bids": [], "asks": [],
+                                    "reset": True, "resync": True, "reason": message.reason}
+            self.publish_latest(key, Publish(data, int(time.time() * 1000), extra, True))
+
+    def latest_value(self, key: ChannelKey) -> Publish | None:
+        """The latest ticker or book of ``key`` (what a new subscriber gets), or None."""
+        value = self.latest.get(key)
+        if type(value) is MarketData:
+            extra = self._key(value.exchange, value.category, value.topic)[4]
+            value = self.latest[key] = Publish(value.data, int(time.time() * 1000), extra, True,
+                                               value.received_ms / 1000)
+        return value  # type: ignore[return-value]
 
     def publish_latest(self, key: ChannelKey, publish: Publish) -> None:
-        """Latest-value data goes through the key's conflation slot (:class:`LatestSlot`).
+        """Latest-value data: kept for new subscribers, and published at the end of this turn of
+        the event loop; a newer value for the key before then replaces it (conflation)."""
+        self._latest(key, publish)
 
-        If the channel has not yet fanned out the previous value, the new one
-        replaces it there and no second message is queued: under a burst each
-        channel's inbox holds at most one latest-value message per key.
-        """
-        self.latest[key] = publish
-        slot = self.slots.get(key)
-        if slot is None:
-            slot = self.slots[key] = LatestSlot()
-        now = time.monotonic()
-        if slot.pending is not None and now - slot.told < RETELL_AFTER:
-            slot.pending = publish
+    def _latest(self, key: ChannelKey, value: Publish | MarketData) -> None:
+        self.latest[key] = value
+        dirty = self._dirty
+        if key in dirty:
             self._conflated.inc()
-            return
-        # Empty, or told so long ago that the channel may have been replaced: tell (again).
-        slot.pending, slot.told = publish, now
-        if not self.hub.publish(key, PublishLatest(slot)):
-            slot.pending = None
+        dirty[key] = value
+        if not self._scheduled:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        """Publish every pending latest value (the event loop calls this once per turn)."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for key, value in dirty.items():
+            if type(value) is MarketData:
+                extra = self._key(value.exchange, value.category, value.topic)[4]
+                self._publish(key, value.data, extra, True, value.received_ms / 1000)
+            else:
+                self._publish(key, value.data, value.extra, value.retain, value.received)  # type: ignore[union-attr]
+
+    def _publish(self, key: ChannelKey, data: Any, extra: dict[str, Any] | None, retain: bool,
+                 received: float | None) -> None:
+        channel = self.local.get(key)
+        if channel is not None:
+            try:
+                if channel.publish_data(data, int(time.time() * 1000), extra, retain, received):
+                    return
+            except Exception:
+                log.warning("publishing to %s directly failed; sending it through the channel's inbox", key,
+                            exc_info=True)
+        # Not a local channel (or stopping, or it failed just now): through its inbox, where a
+        # failure is the channel actor's, and the hub replaces it with its subscribers.
+        self.hub.publish(key, Publish(data, int(time.time() * 1000), extra, retain, received))
 
     def forget(self, key: ChannelKey) -> None:
         self.latest.pop(key, None)
-        self.slots.pop(key, None)
+        self._dirty.pop(key, None)
+
+
+_NONE: dict[str, Any] = {}
 
 
 def _stats_name(key: str) -> str:
@@ -355,7 +391,7 @@ class MarketDataBridgeActor(SupervisedActor):
             return
         if message.count > 0:
             self._want(key)
-            retained = self.publisher.latest.get(key)
+            retained = self.publisher.latest_value(key)
             if retained is not None and message.count == 1:
                 # The channel may be new (no retained frame yet): replay the latest value.
                 self.publisher.publish_latest(key, retained)

@@ -45,16 +45,31 @@ from actors.messages import (
 )
 from brokers.broker import Broker, BrokerUnavailable, Publication
 from protocol.channels import ChannelKey, Position
-from protocol.messages import data_message, resync_message
+from protocol.messages import RawJson, data_message, dumps, resync_message
 from supervision import GeventActor
 from transport.frames import Opcode, encode_frame
 from transport.outbox import Outbox
 
 __all__ = ["ChannelActor"]
 
+# Keys data_message itself writes: an ``extra`` naming one of them takes the general path.
+_ENVELOPE_KEYS = frozenset({"type", "channel", "seq", "ts", "data"})
+
 
 def _frame(text: str) -> bytes:
     return encode_frame(Opcode.TEXT, text.encode("utf-8"))
+
+
+# Channels with deliveries not yet added to their counters: added once per turn of the
+# event loop (two prometheus calls per publication were a tenth of a market-data publish).
+_COUNTING: list[ChannelActor] = []
+
+
+def _add_counts() -> None:
+    global _COUNTING
+    channels, _COUNTING = _COUNTING, []
+    for channel in channels:
+        channel._add_counts()
 
 
 class ChannelActor(GeventActor):
@@ -74,7 +89,11 @@ class ChannelActor(GeventActor):
         bytes_counter: Any = None,
         idle_grace: float = 30.0,
         depth_histogram: Any = None,
+        local: dict[ChannelKey, ChannelActor] | None = None,
     ) -> None:
+        """``local``: where a channel without a broker (market data, time-sync, system-health)
+        lists itself while it runs, so the market publisher (actors/bridge.py) can hand it each
+        update through :meth:`publish_now`: one hop from the exchange frame to the fan-out."""
         super().__init__()
         self.key = key
         self.public_name = public_name
@@ -94,6 +113,17 @@ class ChannelActor(GeventActor):
         self._idle_grace = idle_grace
         self._idle_generation = 0
         self._depth = depth_histogram  # market data: inbox depth sampled at each latest-value message
+        self._depth_turn = 0
+        self._sent_n = 0  # deliveries and their bytes, not yet added to the counters
+        self._bytes_n = 0
+        self._counting = False
+        # The envelope of data messages up to ``"seq":``, made once per ``extra`` (the market
+        # publisher passes one dict per key): json.dumps of the envelope was a third of a publish.
+        self._extra: Any = _ENVELOPE_KEYS  # a sentinel no Publish carries
+        self._prefix: str | None = None
+        self._local = local if broker is None else None
+        if self._local is not None:
+            self._local[key] = self
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):
@@ -137,9 +167,37 @@ class ChannelActor(GeventActor):
             return super().on_receive(message)
         return None
 
+    def publish_now(self, message: Publish) -> bool:
+        """Publish at once, from the caller's greenlet (the market publisher's direct hop).
+
+        Safe under gevent: a local channel's handlers never yield, so this
+        never runs in the middle of one. False when the channel has stopped
+        (the caller forgets it)."""
+        return self.publish_data(message.data, message.ts, message.extra, message.retain, message.received)
+
+    def publish_data(self, data: Any, ts: int, extra: dict[str, Any] | None, retain: bool,
+                     received: float | None) -> bool:
+        """:meth:`publish_now` without a :class:`Publish` to unpack (one fewer object per update)."""
+        if self.actor_stopped.is_set():
+            return False
+        if self._depth is not None:
+            self._depth_turn += 1
+            if not self._depth_turn & 15:  # sampled: what is still queued for this channel
+                self._depth.observe(self.actor_inbox.qsize())
+        self._publish_fields(data, ts, extra, retain, received)
+        return True
+
+    def on_stop(self) -> None:
+        self._unlist()
+
+    def _unlist(self) -> None:
+        if self._local is not None and self._local.get(self.key) is self:
+            del self._local[self.key]
+
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         # Not left to die with its subscribers: the hub starts a successor
         # at once and moves every subscriber over.
+        self._unlist()
         if self._on_failed is not None:
             self._on_failed(self.key, self.actor_ref, dict(self.subscribers), dict(self.owners))
 
@@ -300,21 +358,41 @@ class ChannelActor(GeventActor):
         self.skip.clear()
         self.position = head
 
+    def _envelope(self, extra: dict[str, Any] | None) -> str | None:
+        """``{"type":"data","channel":…,<extra>,"seq":`` as data_message writes it (None: use it)."""
+        if extra and not _ENVELOPE_KEYS.isdisjoint(extra):
+            prefix = None
+        else:
+            prefix = dumps({"type": "data", "channel": self.public_name, **(extra or {})})[:-1] + ',"seq":'
+        self._extra, self._prefix = extra, prefix
+        return prefix
+
     def _publish(self, message: Publish) -> int:
+        return self._publish_fields(message.data, message.ts, message.extra, message.retain, message.received)
+
+    def _publish_fields(self, data: Any, ts: int, extra: dict[str, Any] | None, retain: bool,
+                        received: float | None) -> int:
         self.seq += 1
-        frame = _frame(data_message(self.public_name, self.seq, message.ts, message.data, message.extra))
-        if message.retain:
+        prefix = self._prefix if extra is self._extra or extra == self._extra else self._envelope(extra)
+        if prefix is None:
+            text = data_message(self.public_name, self.seq, ts, data, extra)
+        else:  # the same text, without encoding the envelope again
+            text = f'{prefix}{self.seq},"ts":{ts},"data":{data if isinstance(data, RawJson) else dumps(data)}}}'
+        frame = _frame(text)
+        if retain:
             self.retained = frame
         delivered = 0
         subscribers = self.subscribers
         # Latest-value data (retained: tickers, book views): a subscriber that is
         # behind keeps only the newest per key (Outbox.push_latest); events use push.
-        retain, key = message.retain, self.key
-        if message.received is not None and subscribers:
-            # Fan-out latency is sampled: one subscriber per publication, in turn.
-            self._stamp_turn = (self._stamp_turn + 1) % len(subscribers)
-            stamped = self._stamp_turn
-            received = message.received
+        key = self.key
+        stamped = -1
+        if received is not None and subscribers:
+            # Fan-out latency is sampled: one publication in eight, one subscriber of it, in turn.
+            self._stamp_turn = turn = self._stamp_turn + 1
+            if not turn & 7:
+                stamped = (turn >> 3) % len(subscribers)
+        if stamped >= 0:
             for i, outbox in enumerate(subscribers.values()):
                 stamp = received if i == stamped else None
                 if outbox.push_latest(frame, key, stamp) if retain else outbox.push(frame, stamp):
@@ -332,5 +410,17 @@ class ChannelActor(GeventActor):
 
     def _count(self, delivered: int, frame: bytes) -> None:
         if delivered and self._sent is not None:
-            self._sent.inc(delivered)
-            self._bytes.inc(delivered * len(frame))
+            self._sent_n += delivered
+            self._bytes_n += delivered * len(frame)
+            if not self._counting:
+                self._counting = True
+                _COUNTING.append(self)
+                if len(_COUNTING) == 1:
+                    gevent.get_hub().loop.run_callback(_add_counts)
+
+    def _add_counts(self) -> None:
+        self._counting = False
+        if self._sent_n:
+            self._sent.inc(self._sent_n)
+            self._bytes.inc(self._bytes_n)
+            self._sent_n = self._bytes_n = 0

@@ -54,6 +54,7 @@ from typing import Any
 from bench.ingest_data import compare_top
 from bench.lgclient import Histogram
 from bench.procs import BENCH, PY, Gateway, JsonProc, call_all, cpu_seconds
+from bench.profile import PySpy
 
 __all__ = ["PEERS", "Ingest", "add_arguments", "quick"]
 
@@ -255,6 +256,12 @@ class Ingest:
         f1, m1, c1, l1, t1 = (feed.call({"cmd": "stats"}), self._exchange_count(gw), cpu_seconds(gw.pid),
                               self._clients_snap(clients), time.monotonic())
         hists = call_all(clients, {"cmd": "hist"})
+        profile = None
+        if getattr(a, "profile", False) and not rate:
+            # --profile: py-spy on the saturated path, in a window after the measured one (blocking
+            # samples: consistent stacks; the pauses would have skewed the measured window)
+            prof = PySpy(gw.pid, self.out_dir / f"profile-f_ingest_{n}", a.profile_seconds, 100, blocking=True)
+            profile = prof.finish()
         paused = feed.call({"cmd": "pause"})
         drain = self.drain(gw, clients)
         dt = t1 - t0
@@ -286,6 +293,8 @@ class Ingest:
             "feed_shortfall": shortfall, "feed_backlog_bytes": outq, "drain_s": drain,
             "feed_sent_total": paused["sent"],
         }
+        if profile is not None:
+            row["profile"] = profile
         # lag that grows: +50 ms between the halves (a ~2 % shortfall of the gateway for 2.5 s) and by half
         growing = early is not None and late is not None and late - early > 50 and late > 1.5 * early
         row["latency_growing"] = growing

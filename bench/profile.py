@@ -2,7 +2,10 @@
 
 ``PySpy(pid, prefix, seconds)`` starts ``py-spy record --format raw`` in the
 background (``--nonblocking``: the target is not paused to sample, so the
-numbers it is measured with barely move); ``finish()`` waits for it and
+numbers it is measured with barely move; ``blocking=True`` pauses it for
+each sample, which reads consistent stacks: a non-blocking sample of a
+process that runs flat out often catches a stack half-updated and credits
+the wrong function, as it did for scenario (f)); ``finish()`` waits for it and
 returns the functions with the most samples, by own time (the leaf frame)
 and by inclusive time (anywhere on the stack). The collapsed file loads in
 speedscope or ``flamegraph.pl``.
@@ -67,7 +70,7 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
 
 
 class PySpy:
-    def __init__(self, pid: int, prefix: Path, seconds: float, rate: int = 200) -> None:
+    def __init__(self, pid: int, prefix: Path, seconds: float, rate: int = 200, *, blocking: bool = False) -> None:
         self.path = prefix.with_suffix(".collapsed.txt")
         self.proc: subprocess.Popen[str] | None = None
         exe = _py_spy()
@@ -75,7 +78,7 @@ class PySpy:
         if exe:
             self.proc = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-                 "--nonblocking", "--format", "raw", "-o", str(self.path)],
+                 *(() if blocking else ("--nonblocking",)), "--format", "raw", "-o", str(self.path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def finish(self) -> dict[str, Any]:

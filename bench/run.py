@@ -1,7 +1,8 @@
 """Every gateway benchmark and its peers in one run: ``python bench/run.py`` (``make bench``).
 
 Scenarios go through the real market-data path (exchange frame → exchange
-stream actor → bridge → channel actor → each connection's outbox → socket):
+stream actor, one message per socket read → market publisher → channel,
+called directly → each connection's outbox → socket):
 
   a  burst fan-out   N clients on one symbol; a Bybit-protocol firehose
                      (bench/firehose.py) sends tickers as fast as the
@@ -1155,7 +1156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="(d) once per gateway process count (each its own gateway, the first capacity step open)")
     p.add_argument("--churn-concurrency", type=int, default=50)
     p.add_argument("--profile", action="store_true",
-                   help="py-spy the gateway in (a), (b) and (c), each in a window after the measured one")
+                   help="py-spy the gateway in (a), (b), (c) and (f, unpaced), each in a window after the measured one")
     p.add_argument("--profile-seconds", type=float, default=8.0)
     p.add_argument("--profile-clients", type=int, default=1000)
     p.add_argument("--wait-quiet", type=float, default=0.0,

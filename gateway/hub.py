@@ -56,6 +56,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[str]] = defaultdict(set)
         self.channels: dict[ChannelKey, pykka.ActorRef[Any]] = {}
+        # The running channels without a broker, by key: what the market publisher calls directly.
+        self.local_channels: dict[ChannelKey, ChannelActor] = {}
         self.subscriber_counts: dict[ChannelKey, int] = {}
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
@@ -117,6 +119,7 @@ class Hub:
                 bytes_counter=labelled(self.metrics.bytes_queued, name), idle_grace=self.channel_idle_grace,
                 depth_histogram=labelled(self.metrics.internal_queue_depth, "market_channel")
                 if name == "market-data" else None,
+                local=self.local_channels,
             )
             self.channels[key] = ref
         return ref

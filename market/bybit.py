@@ -71,6 +71,8 @@ from typing import Any, Final, NoReturn
 import orjson
 
 from .exchange import (
+    BookLevels,
+    Decoded,
     DropReason,
     ExchangeEvent,
     ExchangePong,
@@ -78,9 +80,12 @@ from .exchange import (
     MessageType,
     OutboundRequest,
     SubscribeAck,
+    TickerFields,
     TopicMessage,
+    TradeItems,
 )
 from .model import (
+    TICKER_JSON,
     BookLevel,
     BookUpdate,
     Category,
@@ -104,6 +109,10 @@ __all__ = [
     "BybitProtocolError",
     "BybitV5Public",
     "check_values",
+    "decode",
+    "decode_orderbook",
+    "decode_ticker",
+    "decode_trades",
     "format_topic",
     "kline_topic",
     "normalize",
@@ -580,6 +589,9 @@ def _option_pong(obj: Mapping[str, Any]) -> ExchangePong:
     return ExchangePong(conn_id=_opt_str(obj, "conn_id"), req_id=_opt_str(obj, "req_id"), server_ts=server_ts)
 
 
+_MESSAGE_TYPES: Final = {t.value: t for t in MessageType}
+
+
 def _topic_message(obj: Mapping[str, Any]) -> TopicMessage:
     """A data frame: ``topic``, ``type`` snapshot|delta, ``ts`` (ms), ``data``
     (object or array), optional ``cts`` and ``cs``. Key order varies by
@@ -593,24 +605,29 @@ def _topic_message(obj: Mapping[str, Any]) -> TopicMessage:
          "ts": 1672324988882, "type": "snapshot"}
     """
     topic = obj["topic"]
-    if not isinstance(topic, str) or not topic:
-        raise BybitProtocolError(f"invalid topic {_show(topic)}")
+    if type(topic) is not str or not topic:
+        if not isinstance(topic, str) or not topic:
+            raise BybitProtocolError(f"invalid topic {_show(topic)}")
     kind = obj.get("type")
-    if kind not in ("snapshot", "delta"):
-        raise BybitProtocolError(f"unknown message type {_show(kind)} for topic {_show(topic)}")
-    if "data" not in obj:
-        raise BybitProtocolError(f"topic message without data for topic {_show(topic)}")
-    data = obj["data"]
-    if not isinstance(data, (dict, list)):
-        raise BybitProtocolError(f"data of {_show(topic)} is not an object or array")
-    return TopicMessage(
-        topic=topic,
-        type=MessageType(kind),
-        ts=_int(obj, "ts"),
-        data=data,
-        cts=_opt_int(obj, "cts"),
-        cs=_opt_int(obj, "cs"),
-    )
+    kind = _MESSAGE_TYPES.get(kind) if type(kind) is str else None
+    if kind is None:
+        raise BybitProtocolError(f"unknown message type {_show(obj.get('type'))} for topic {_show(topic)}")
+    data = obj.get("data", _MISSING)
+    if type(data) is not dict and type(data) is not list:
+        if data is _MISSING:
+            raise BybitProtocolError(f"topic message without data for topic {_show(topic)}")
+        if not isinstance(data, (dict, list)):
+            raise BybitProtocolError(f"data of {_show(topic)} is not an object or array")
+    ts, cts, cs = obj.get("ts"), obj.get("cts"), obj.get("cs")
+    if type(ts) is not int:
+        ts = _int(obj, "ts")  # raises
+    if (cts is not None and type(cts) is not int) or (cs is not None and type(cs) is not int):
+        _opt_int(obj, "cts")
+        _opt_int(obj, "cs")
+    return TopicMessage(topic, kind, ts, data, cts, cs)
+
+
+_MISSING: Final = object()
 
 
 # --- normalization ------------------------------------------------------------
@@ -743,26 +760,28 @@ def normalize_ticker(message: TopicMessage, category: Category | str) -> TickerU
     )
 
 
-def _levels(raw: object, side: str) -> tuple[BookLevel, ...]:
-    """The levels of one side. The hot loop of ingest: every check inline, the
-    precise complaint made by :func:`_bad_level` only for a level that fails."""
+def _checked_levels(raw: object, side: str) -> list[tuple[str, str]]:
+    """The levels of one side as ``(price, size)`` text, checked: valid decimal text, price > 0,
+    size >= 0. The hot loop of ingest: every check inline, the precise complaint made by
+    :func:`_bad_level` only for a level that fails."""
     if not isinstance(raw, list):
         raise BybitProtocolError(f"order book side {side} is not an array")
-    levels: list[BookLevel] = []
+    levels: list[tuple[str, str]] = []
     append, match = levels.append, _DECIMAL_RE.fullmatch
     for entry in raw:
         if type(entry) is not list or len(entry) < 2:
             raise BybitProtocolError(f"invalid order book level {_show(entry)}")
-        price_text, size_text = entry[0], entry[1]
-        if (type(price_text) is not str or type(size_text) is not str or not match(price_text)
-                or not match(size_text) or size_text[0] == "-"):
+        price, size = entry[0], entry[1]
+        if (type(price) is not str or type(size) is not str or not match(price) or not match(size)
+                or size[0] == "-" or price[0] == "-" or not price.strip("0.")):
             _bad_level(entry, side)
-        price = Decimal(price_text)
-        if price <= 0:
-            _bad_level(entry, side)
-        # Checked decimal text (digits and one dot): safe to put in JSON as it is.
-        append(BookLevel(price, Decimal(size_text), f'["{price_text}","{size_text}"]'))
-    return tuple(levels)
+        append((price, size))
+    return levels
+
+
+def _levels(raw: object, side: str) -> tuple[BookLevel, ...]:
+    # Checked decimal text (digits and one dot): safe to put in JSON as it is.
+    return tuple(BookLevel(Decimal(p), Decimal(s), f'["{p}","{s}"]') for p, s in _checked_levels(raw, side))
 
 
 def _bad_level(entry: list[Any], side: str) -> NoReturn:
@@ -888,6 +907,126 @@ def normalize_klines(message: TopicMessage, category: Category | str) -> tuple[K
     return tuple(klines)
 
 
+# --- the ingest path: the same checks, values kept as the exchange's text -------------------
+
+
+def decode_orderbook(message: TopicMessage) -> BookLevels:
+    """:func:`normalize_orderbook`'s checks, levels as ``(price, size)`` text."""
+    return _decode_orderbook(message, _expect(message, StreamKind.ORDERBOOK))
+
+
+def _decode_orderbook(message: TopicMessage, topic: Topic) -> BookLevels:
+    data = message.data
+    if type(data) is not dict:
+        raise BybitProtocolError(f"data of {_show(message.topic)} is not an object")
+    if data.get("s") != topic.symbol:
+        raise _mismatch("order book symbol", data.get("s"), message)
+    assert topic.depth is not None  # parse_topic guarantees it for order books
+    return BookLevels(topic.symbol, topic.depth, message.type is MessageType.SNAPSHOT,
+                      _checked_levels(data.get("b"), "b"), _checked_levels(data.get("a"), "a"),
+                      _int(data, "u"), _opt_int(data, "seq"), message.ts)
+
+
+# Bybit ticker key -> client JSON key, and what kind of decimal it is (the table above, once).
+_TICKER_JSON_KEYS: Final = dict(TICKER_JSON)
+_TICKER_TEXT: Final = tuple((key, _TICKER_JSON_KEYS[name], kind) for key, name, kind in _TICKER_DECIMALS)
+
+
+def _checked_text(value: object, what: str, kind: str) -> str:
+    """Valid decimal text in range for ``kind``, as it is; else :class:`BybitProtocolError`."""
+    if type(value) is not str or not _DECIMAL_RE.fullmatch(value):
+        raise BybitProtocolError(f"{what} is not a decimal: {_show(value)}")
+    if kind != SIGNED:
+        if value[0] == "-":  # "-0" too
+            raise BybitProtocolError(f"{what} is negative: {_show(value)}")
+        if kind == PRICE and not value.strip("0."):
+            raise BybitProtocolError(f"{what} is not a positive price: {_show(value)}")
+    return value
+
+
+def decode_ticker(message: TopicMessage) -> TickerFields:
+    """:func:`normalize_ticker` and :func:`check_values`' checks, fields under the client's
+    keys as the exchange's text."""
+    return _decode_ticker(message, _expect(message, StreamKind.TICKER))
+
+
+def _decode_ticker(message: TopicMessage, topic: Topic) -> TickerFields:
+    data = message.data
+    if type(data) is not dict:
+        raise BybitProtocolError(f"data of {_show(message.topic)} is not an object")
+    if data.get("symbol") != topic.symbol:
+        raise _mismatch("ticker symbol", data.get("symbol"), message)
+    fields: dict[str, str | int | None] = {}
+    for key, name, kind in _TICKER_TEXT:
+        if key in data:
+            value = data[key]
+            fields[name] = None if value == "" else _checked_text(value, key, kind)
+    if "nextFundingTime" in data:
+        value = data["nextFundingTime"]
+        if value == "":
+            fields["nextFundingTime"] = None
+        elif type(value) is int or (isinstance(value, str) and value.isascii() and value.isdigit()):
+            fields["nextFundingTime"] = int(value)
+        else:
+            raise BybitProtocolError(f"nextFundingTime is not a millisecond time: {_show(value)}")
+    snapshot = message.type is MessageType.SNAPSHOT
+    if fields.get("lastPrice", 0) is None or (snapshot and "lastPrice" not in fields):
+        raise BybitProtocolError(f"ticker {message.type} without lastPrice for {topic.symbol}")
+    return TickerFields(topic.symbol, snapshot, message.ts, fields)
+
+
+_SIDE_TEXT: Final = {"Buy": "buy", "Sell": "sell"}
+
+
+def decode_trades(message: TopicMessage, category: Category | str) -> TradeItems:
+    """:func:`normalize_trades` and :func:`check_values`' checks, each trade in the client's
+    shape (:meth:`Trade.to_json_dict`) with the exchange's text."""
+    _expect(message, StreamKind.TRADE)
+    return _decode_trades(message, str(category))
+
+
+def _decode_trades(message: TopicMessage, category: str) -> TradeItems:
+    data = message.data
+    if type(data) is not list:
+        raise BybitProtocolError(f"data of {_show(message.topic)} is not an array")
+    trades: list[dict[str, Any]] = []
+    symbol = ""
+    for item in data:
+        if type(item) is not dict:
+            raise BybitProtocolError(f"trade is not an object: {_show(item)}")
+        raw_side = item.get("S")
+        side = _SIDE_TEXT.get(raw_side) if isinstance(raw_side, str) else None
+        if side is None:
+            raise BybitProtocolError(f"unknown trade side {_show(item.get('S'))}")
+        trade_id = _opt_str(item, "i")
+        if not trade_id:
+            raise BybitProtocolError("trade without id")
+        raw_symbol = item.get("s")
+        symbol = raw_symbol if type(raw_symbol) is str and _SYMBOL_RE.fullmatch(raw_symbol) else _check_symbol(
+            raw_symbol)
+        price = _checked_text(item.get("p"), "p", PRICE)
+        size = _checked_text(item.get("v"), "v", AMOUNT)
+        trades.append({"symbol": symbol, "category": category, "id": trade_id, "side": side, "price": price,
+                       "size": size, "ts": _int(item, "T"),
+                       "blockTrade": _bool(item, "BT") if "BT" in item else False, "seq": _opt_int(item, "seq")})
+    return TradeItems(trades[0]["symbol"] if trades else symbol, trades)
+
+
+def decode(message: TopicMessage, category: Category | str) -> Decoded:
+    """What the exchange streams take: :func:`normalize`'s checks and :func:`check_values`',
+    order books, tickers and trades as the exchange's text (:class:`BookLevels`,
+    :class:`TickerFields`, :class:`TradeItems`), candles as :class:`Kline` values."""
+    topic = parse_topic(message.topic)
+    kind = topic.kind
+    if kind is StreamKind.ORDERBOOK:
+        return _decode_orderbook(message, topic)
+    if kind is StreamKind.TICKER:
+        return _decode_ticker(message, topic)
+    if kind is StreamKind.TRADE:
+        return _decode_trades(message, str(category))
+    return check_values(normalize(message, category))
+
+
 _NORMALIZERS: Final[Mapping[StreamKind, Callable[[TopicMessage, Category | str], MarketUpdate]]] = {
     StreamKind.TICKER: normalize_ticker,
     StreamKind.ORDERBOOK: normalize_orderbook,
@@ -968,6 +1107,9 @@ class BybitV5Public:
     def normalize(self, message: TopicMessage, category: Category) -> MarketUpdate:
         """:func:`normalize`, then :func:`check_values`: form and range."""
         return check_values(normalize(message, category))
+
+    def decode(self, message: TopicMessage, category: Category) -> Decoded:
+        return decode(message, category)
 
 
 BYBIT: Final = BybitV5Public()

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 from .model import Category, MarketUpdate, Topic
 
@@ -142,11 +142,13 @@ class ExchangePong:
     server_ts: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TopicMessage:
     """A market-data frame, with its ``data`` still raw (checked to be a
     JSON object or array, nothing more). Numbers inside are not floats:
-    the parser reads JSON fractions as :class:`~decimal.Decimal`.
+    the parser reads JSON fractions as :class:`~decimal.Decimal`. One is
+    made per exchange frame: a plain (not frozen) dataclass is built at
+    twice the speed; treat it as read-only all the same.
 
     ``ts`` is the exchange's timestamp in ms; ``cts`` (matching-engine time)
     and ``cs`` (cross sequence) are ``None`` when absent.
@@ -161,6 +163,45 @@ class TopicMessage:
 
 
 ExchangeEvent: TypeAlias = SubscribeAck | ExchangePong | TopicMessage
+
+
+# --- the ingest path: checked values as the exchange's own text, no object per number --------
+
+
+class BookLevels(NamedTuple):
+    """An order-book message, checked: levels as ``(price, size)`` text, each valid decimal
+    text with price > 0 and size >= 0 (0 deletes); for :meth:`market.orderbook.OrderBook.apply_levels`."""
+
+    symbol: str
+    depth: int
+    snapshot: bool
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+    update_id: int
+    seq: int | None
+    ts: int
+
+
+class TickerFields(NamedTuple):
+    """A ticker message, checked: the client's ticker keys it sets (``lastPrice``…,
+    :data:`market.model.TICKER_JSON`) with the exchange's text, ``None`` for "no value",
+    ``nextFundingTime`` as an int; for :class:`market.ticker.TickerTexts`."""
+
+    symbol: str
+    snapshot: bool
+    ts: int
+    fields: dict[str, str | int | None]
+
+
+class TradeItems(NamedTuple):
+    """A trade message, checked: each trade in the client's shape (``Trade.to_json_dict``)."""
+
+    symbol: str
+    trades: list[dict[str, Any]]
+
+
+#: What :meth:`ExchangeProtocol.decode` returns: the ingest path's values, or (klines) model values.
+Decoded: TypeAlias = BookLevels | TickerFields | TradeItems | MarketUpdate
 
 
 @runtime_checkable
@@ -200,4 +241,9 @@ class ExchangeProtocol(Protocol):
 
     def normalize(self, message: TopicMessage, category: Category) -> MarketUpdate:
         """A data message as model values, or :class:`ExchangeProtocolError`."""
+        ...
+
+    def decode(self, message: TopicMessage, category: Category) -> Decoded:
+        """:meth:`normalize`'s checks (form and range), the values kept as the exchange's
+        text: what the exchange streams use. Same errors."""
         ...

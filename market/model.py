@@ -72,6 +72,7 @@ from typing import Any, TypeAlias
 
 __all__ = [
     "TICKER_FIELDS",
+    "TICKER_JSON",
     "BookLevel",
     "BookUpdate",
     "Category",
@@ -202,6 +203,15 @@ class Ticker:
             "ts": self.ts,
         }
 
+
+#: Ticker fields with their client JSON keys, in :meth:`Ticker.to_json_dict`'s order (the
+#: ingest path writes tickers from the exchange's text with these keys).
+TICKER_JSON: tuple[tuple[str, str], ...] = (
+    ("last_price", "lastPrice"), ("bid_price", "bidPrice"), ("bid_size", "bidSize"), ("ask_price", "askPrice"),
+    ("ask_size", "askSize"), ("high_24h", "high24h"), ("low_24h", "low24h"), ("volume_24h", "volume24h"),
+    ("turnover_24h", "turnover24h"), ("change_24h", "change24h"), ("mark_price", "markPrice"),
+    ("index_price", "indexPrice"), ("funding_rate", "fundingRate"), ("next_funding_time", "nextFundingTime"),
+)
 
 #: Ticker fields an update may set: everything but the identity and ``ts``.
 TICKER_FIELDS: frozenset[str] = frozenset(

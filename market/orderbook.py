@@ -20,11 +20,12 @@ caller should resync once, not per gap.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
-from .model import BookLevel, BookUpdate, Category, OrderBookView
+from .model import BookLevel, BookUpdate, Category, OrderBookView, decimal_text
 
 __all__ = ["BookGap", "GapReason", "OrderBook"]
 
@@ -59,68 +60,85 @@ class BookGap:
 
 
 class _Side:
-    """Levels of one side: a dict for lookups, a sorted key list for order.
+    """Levels of one side, compact: the exchange's text in two lists and a dict.
 
     Keys are the prices as floats: a float hashes and compares several times
     faster than a Decimal, and a book of prices does little else. A decimal
     price of up to 15 significant digits (every exchange price) maps to its
-    own float, in order; the exact price stays in each :class:`BookLevel`
-    and its JSON text. Two different prices on one float would be a book we
-    cannot keep: :meth:`set` refuses it (the caller resyncs).
+    own float, in order. Each level is held as the exchange's own text only:
+    its price (``_prices``, by key) and its JSON pair ``["<price>","<size>"]``
+    (``_pairs``, in the order of ``_keys``), so applying a level makes one
+    string and no other object, no number is ever turned back into text, and
+    a view is one slice joined in C. Two different prices on one float would
+    be a book we cannot keep: :meth:`set` refuses it (the caller resyncs).
+    The same price written two ways (``"1.0"``, ``"1.00"``) is one level.
 
     Keys are kept ascending; the best bid is the last one, the best ask
-    the first. Inserting is a binary search plus a list insert (a memmove of
-    at most ~1000 pointers); reading the top N is a slice.
+    the first. Inserting is a binary search plus two list inserts (memmoves
+    of at most ~1000 pointers); reading the top N is a slice.
     """
 
-    __slots__ = ("_bids", "_keys", "_levels", "_pairs")
+    __slots__ = ("_bids", "_keys", "_pairs", "_prices", "view", "view_n")
 
     def __init__(self, bids: bool) -> None:
         self._bids = bids
-        self._levels: dict[float, BookLevel] = {}
-        self._pairs: dict[float, str] = {}  # key -> the level's JSON text (views join these)
-        self._keys: list[float] = []
+        self._prices: dict[float, str] = {}  # key -> the price as the exchange wrote it
+        self._keys: list[float] = []  # ascending
+        self._pairs: list[str] = []  # the level of each key as JSON text (views join these)
+        # top_json(view_n), kept until a change reaches the top view_n levels (None: make it again)
+        self.view: str | None = None
+        self.view_n = 0
 
-    def load(self, levels: tuple[BookLevel, ...]) -> bool:
-        """Replace the side; ``False`` if two prices share a key (not a book we can keep)."""
-        held: dict[float, BookLevel] = {}
-        for level in levels:
-            key = float(level.price)
-            if not level.size:  # a zero size in a snapshot means no level
-                held.pop(key, None)
-                continue
-            other = held.get(key)
-            if other is not None and other.price != level.price:
+    def load(self, levels: list[tuple[str, str]]) -> bool:
+        """Replace the side with ``(price, size)`` text pairs (checked decimal text); ``False``
+        if two prices share a key (not a book we can keep). A zero size means no level."""
+        prices: dict[float, str] = {}
+        sizes: dict[float, str] = {}
+        for price, size in levels:
+            key = float(price)
+            other = prices.get(key)
+            if other is not None and other != price and Decimal(other) != Decimal(price):
                 self.clear()
                 return False
-            held[key] = level
-        self._levels = held
-        self._pairs = {key: level.pair_text() for key, level in held.items()}
-        self._keys = sorted(held)
+            if _zero(size):
+                if other is not None:
+                    del prices[key], sizes[key]
+                continue
+            prices[key] = price
+            sizes[key] = size
+        self._prices = prices
+        self._keys = sorted(prices)
+        self._pairs = [f'["{prices[key]}","{sizes[key]}"]' for key in self._keys]
+        self.view = None
         return True
 
     def clear(self) -> None:
-        self._levels = {}
-        self._pairs = {}
+        self._prices = {}
         self._keys = []
+        self._pairs = []
+        self.view = None
 
-    def set(self, level: BookLevel) -> bool:
-        """Apply one delta level; ``False`` if it deletes a level not here (or shares another's key)."""
-        key = float(level.price)
-        held = self._levels.get(key)
-        if held is not None and held.price != level.price:
+    def set(self, price: str, size: str) -> bool:
+        """Apply one delta level; ``False`` if it deletes a level not here (or shares another's key).
+        (:meth:`OrderBook.apply_levels` has this inlined.)"""
+        self.view = None
+        key = float(price)
+        held = self._prices.get(key)
+        if held is not None and held != price and Decimal(held) != Decimal(price):
             return False
-        if not level.size:
+        keys = self._keys
+        if _zero(size):
             if held is None:
                 return False
-            del self._levels[key]
-            del self._pairs[key]
-            del self._keys[bisect_left(self._keys, key)]
+            i = bisect_left(keys, key)
+            del self._prices[key], keys[i], self._pairs[i]
+        elif held is None:
+            i = bisect_left(keys, key)
+            keys.insert(i, key)
+            self._pairs.insert(i, f'["{price}","{size}"]')
+            self._prices[key] = price
         else:
-            if held is None:
-                insort(self._keys, key)
-            self._levels[key] = level
-            self._pairs[key] = level.pair_text()
+            self._pairs[bisect_left(keys, key)] = f'["{price}","{size}"]'
         return True
 
     def best(self) -> float | None:
@@ -129,16 +147,33 @@ class _Side:
         return self._keys[-1] if self._bids else self._keys[0]
 
     def top(self, n: int) -> tuple[BookLevel, ...]:
-        keys = reversed(self._keys[-n:]) if self._bids else self._keys[:n]
-        return tuple(map(self._levels.__getitem__, keys))
+        pairs = reversed(self._pairs[-n:]) if self._bids else self._pairs[:n]
+        out = []
+        for pair in pairs:
+            price, size = pair[2:-2].split('","')
+            out.append(BookLevel(Decimal(price), Decimal(size), pair))
+        return tuple(out)
 
     def top_json(self, n: int) -> str:
-        """The best ``n`` levels as JSON array items, ``["p","s"],...`` (joined in C)."""
-        keys = reversed(self._keys[-n:]) if self._bids else self._keys[:n]
-        return ",".join(map(self._pairs.__getitem__, keys))
+        """The best ``n`` levels as JSON array items, ``["p","s"],...`` (one slice joined in C;
+        kept until a change reaches them: a delta deep in the book leaves the view as it was)."""
+        if self.view is not None and self.view_n == n:
+            return self.view
+        pairs = self._pairs
+        self.view, self.view_n = ",".join(reversed(pairs[-n:]) if self._bids else pairs[:n]), n
+        return self.view
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _zero(size: str) -> bool:
+    """Checked decimal text that is zero (``"0"``, ``"0.000"``)."""
+    return size[0] == "0" and not size.strip("0.")
+
+
+def _texts(levels: tuple[BookLevel, ...]) -> list[tuple[str, str]]:
+    return [(decimal_text(level.price), decimal_text(level.size)) for level in levels]
 
 
 class OrderBook:
@@ -186,6 +221,11 @@ class OrderBook:
         return self._synced
 
     @property
+    def ts(self) -> int:
+        """The exchange's time (ms) of the last applied update."""
+        return self._ts
+
+    @property
     def update_id(self) -> int | None:
         """``u`` of the last applied update, ``None`` when not synced."""
         return self._update_id
@@ -201,28 +241,62 @@ class OrderBook:
                 f"update for {update.category}/{update.symbol}/{update.depth} "
                 f"applied to the book of {self.category}/{self.symbol}/{self.depth}"
             )
-        if update.snapshot:
-            if not (self._bids.load(update.bids) and self._asks.load(update.asks)):
-                return self._gap(GapReason.UNKNOWN_LEVEL, None, update.update_id)
+        return self.apply_levels(update.snapshot, _texts(update.bids), _texts(update.asks), update.update_id,
+                                 update.seq, update.ts)
+
+    def apply_levels(self, snapshot: bool, bids: list[tuple[str, str]] | list[list[str]],
+                     asks: list[tuple[str, str]] | list[list[str]], update_id: int, seq: int | None,
+                     ts: int) -> BookGap | None:
+        """:meth:`apply` for levels as ``(price, size)`` text, already checked (the exchange
+        module's :meth:`~market.exchange.ExchangeProtocol.book_levels`): the hot path of ingest,
+        no object made per level."""
+        if snapshot:
+            if not (self._bids.load(bids) and self._asks.load(asks)):  # type: ignore[arg-type]
+                return self._gap(GapReason.UNKNOWN_LEVEL, None, update_id)
         else:
             last = self._update_id
             if not self._synced or last is None:
-                return self._gap(GapReason.NO_SNAPSHOT, None, update.update_id)
-            expected = last + 1
-            if update.update_id != expected:
-                return self._gap(GapReason.SEQUENCE, expected, update.update_id)
-            for side, levels in ((self._bids, update.bids), (self._asks, update.asks)):
-                for level in levels:
-                    if not side.set(level) and self._strict:
-                        return self._gap(GapReason.UNKNOWN_LEVEL, None, update.update_id)
+                return self._gap(GapReason.NO_SNAPSHOT, None, update_id)
+            if update_id != last + 1:
+                return self._gap(GapReason.SEQUENCE, last + 1, update_id)
+            strict = self._strict
+            for side, levels in ((self._bids, bids), (self._asks, asks)):
+                if not levels:
+                    continue
+                prices, pairs, keys = side._prices, side._pairs, side._keys
+                n, is_bids = side.view_n, side._bids
+                for price, size in levels:  # _Side.set, inlined: the hot loop of ingest
+                    key = float(price)
+                    if side.view is not None and (  # does it reach the kept view's levels?
+                            len(keys) <= n or (key >= keys[-n] if is_bids else key <= keys[n - 1])):
+                        side.view = None
+                    held = prices.get(key)
+                    if held is not None and held != price and Decimal(held) != Decimal(price):
+                        if strict:
+                            return self._gap(GapReason.UNKNOWN_LEVEL, None, update_id)
+                        continue
+                    if size[0] == "0" and not size.strip("0."):  # zero: delete
+                        if held is None:
+                            if strict:
+                                return self._gap(GapReason.UNKNOWN_LEVEL, None, update_id)
+                            continue
+                        i = bisect_left(keys, key)
+                        del prices[key], keys[i], pairs[i]
+                    elif held is None:
+                        i = bisect_left(keys, key)
+                        keys.insert(i, key)
+                        pairs.insert(i, f'["{price}","{size}"]')
+                        prices[key] = price
+                    else:
+                        pairs[bisect_left(keys, key)] = f'["{price}","{size}"]'
         bid, ask = self._bids.best(), self._asks.best()
         if bid is not None and ask is not None and bid >= ask:
-            return self._gap(GapReason.CROSSED, None, update.update_id)
+            return self._gap(GapReason.CROSSED, None, update_id)
         self._synced = True
-        self._update_id = update.update_id
-        self._seq = update.seq
-        self._ts = update.ts
-        self._reset = update.snapshot
+        self._update_id = update_id
+        self._seq = seq
+        self._ts = ts
+        self._reset = snapshot
         return None
 
     def _gap(self, reason: GapReason, expected: int | None, got: int) -> BookGap:

@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .model import Category, Ticker, TickerUpdate
+from .exchange import TickerFields
+from .model import TICKER_JSON, Category, Ticker, TickerUpdate
 
-__all__ = ["TickerBook"]
+__all__ = ["TickerBook", "TickerTexts"]
+
+# A full ticker in the client's shape before any field is known (Ticker.to_json_dict's keys).
+_EMPTY: dict[str, Any] = {"symbol": None, "category": None, **{key: None for _, key in TICKER_JSON}, "ts": None}
 
 
 class TickerBook:
@@ -70,6 +74,56 @@ class TickerBook:
 
     def clear(self) -> None:
         """Drop every ticker (on reconnect: the next snapshot starts afresh)."""
+        self._tickers.clear()
+
+    def __len__(self) -> int:
+        return len(self._tickers)
+
+
+class TickerTexts:
+    """:class:`TickerBook` for the ingest path: the same contract, on the exchange's own text.
+
+    Keeps each (category, symbol)'s latest full ticker as the client's JSON
+    object (:meth:`market.model.Ticker.to_json_dict`'s keys and order), its
+    numbers as the text the exchange sent: applying an update makes no
+    Decimal and writes nothing back to text. :meth:`apply` takes checked
+    fields (:class:`~market.exchange.TickerFields`) and returns the merged
+    ticker (the one kept: read it, never change it), or ``None`` for a
+    delta before any snapshot.
+    """
+
+    __slots__ = ("_tickers",)
+
+    def __init__(self) -> None:
+        self._tickers: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def apply(self, category: Category | str, update: TickerFields) -> dict[str, Any] | None:
+        key = (str(category), update.symbol)
+        if update.snapshot:
+            if update.fields.get("lastPrice") is None:
+                raise ValueError(f"ticker snapshot for {update.symbol} without last_price")
+            ticker = _EMPTY.copy()
+            ticker["symbol"], ticker["category"] = update.symbol, key[0]
+        else:
+            previous = self._tickers.get(key)
+            if previous is None:
+                return None
+            if "lastPrice" in update.fields and update.fields["lastPrice"] is None:
+                raise ValueError(f"ticker update for {update.symbol} clears last_price")
+            ticker = previous.copy()
+        ticker.update(update.fields)
+        ticker["ts"] = update.ts
+        self._tickers[key] = ticker
+        return ticker
+
+    def get(self, category: Category | str, symbol: str) -> dict[str, Any] | None:
+        """The latest full ticker (read it, never change it), or ``None`` before the first snapshot."""
+        return self._tickers.get((str(category), symbol))
+
+    def forget(self, category: Category | str, symbol: str) -> None:
+        self._tickers.pop((str(category), symbol), None)
+
+    def clear(self) -> None:
         self._tickers.clear()
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Any
 
 __all__ = [
+    "ClientFrameReader",
     "FrameError",
     "FrameHeader",
     "FrameReader",
@@ -248,3 +249,98 @@ class FrameReader:
         opcode = self._opcode
         self._opcode, self._parts, self._size, self._decoder = None, [], 0, None
         return opcode, (data.decode("utf-8") if opcode == Opcode.TEXT else data)
+
+
+class ClientFrameReader:
+    """The client side of :class:`FrameReader`: a server's bytes in, whole messages out.
+
+    For the gateway's own upstream connections (the exchange streams), which
+    read tens of thousands of frames a second: :meth:`feed` takes whatever
+    one ``recv`` returned (many frames, or part of one) and returns every
+    message it completes as ``(opcode, payload)``, in order. Text stays
+    ``bytes``: the JSON parser that follows reads UTF-8 itself, and refuses
+    what is not (so no second pass over every frame here). Fragments are
+    joined; ``PING``/``PONG`` come with their payload, ``CLOSE`` with
+    ``(code, reason)``. A frame that breaks RFC 6455 for a client (a masked
+    server frame, §5.1; reserved bits, unknown opcodes, bad control frames,
+    over ``max_size``) raises :class:`FrameError`; what came before it has
+    been returned by an earlier call, or is lost with the connection.
+    """
+
+    __slots__ = ("_buf", "_opcode", "_parts", "_size", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = b""
+        self._opcode: int | None = None  # of the fragmented message in progress
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, Any]]:
+        buf = self._buf + data if self._buf else data
+        out: list[tuple[int, Any]] = []
+        append = out.append
+        pos, end = 0, len(buf)
+        max_size = self.max_size
+        while end - pos >= 2:
+            b0 = buf[pos]
+            n = buf[pos + 1]
+            if n & 0x80:
+                raise FrameError(1002, "server frame masked")
+            start = pos + 2
+            if n >= 126:
+                if n == 126:
+                    start += 2
+                    if start > end:
+                        break
+                    n = int.from_bytes(buf[pos + 2 : start], "big")
+                else:
+                    start += 8
+                    if start > end:
+                        break
+                    n = int.from_bytes(buf[pos + 2 : start], "big")
+                if n > max_size:
+                    raise FrameError(1009, f"frame of {n} bytes exceeds the limit of {max_size}")
+            stop = start + n
+            if stop > end:
+                break
+            pos = stop
+            if b0 == 0x81 and self._opcode is None:  # a whole text message in one frame: the common case
+                append((1, buf[start:stop]))
+            else:
+                self._frame(b0, buf[start:stop], append)
+        self._buf = buf[pos:] if pos < end else b""
+        return out
+
+    def _frame(self, b0: int, payload: bytes, append: Any) -> None:
+        if b0 & 0x70:
+            raise FrameError(1002, "reserved bits set without an extension")
+        op, fin = b0 & 0x0F, bool(b0 & 0x80)
+        if op not in _OPCODES:
+            raise FrameError(1002, f"unknown opcode {op}")
+        if op >= 0x8:
+            if not fin or len(payload) > 125:
+                raise FrameError(1002, "fragmented or oversized control frame")
+            append((op, parse_close(payload) if op == Opcode.CLOSE else payload))
+            return
+        if op == Opcode.CONTINUATION:
+            if self._opcode is None:
+                raise FrameError(1002, "continuation frame without a message")
+        elif self._opcode is not None:
+            raise FrameError(1002, "new message inside a fragmented message")
+        elif fin:
+            append((op, payload))
+            return
+        else:
+            self._opcode = op
+        self._size += len(payload)
+        if self._size > self.max_size:
+            raise FrameError(1009, f"message exceeds the limit of {self.max_size} bytes")
+        self._parts.append(payload)
+        if fin:
+            opcode = self._opcode
+            append((opcode, b"".join(self._parts)))
+            self._opcode, self._parts, self._size = None, [], 0
+
+
+_OPCODES = frozenset(int(op) for op in Opcode)
