@@ -15,9 +15,12 @@ channel actors (through the hub).
   one leaving unsubscribes after ``grace`` seconds. One upstream
   subscription serves every client. Popular pairs stay subscribed.
 * The latest ticker and book of each symbol are retained: a new subscriber
-  gets them at once, before live updates. They are also *conflated* on
-  their way to the channel (:class:`MarketPublisher`): under a burst each
-  symbol's newest value is fanned out, never a backlog.
+  gets them at once, before live updates. Every update the exchange stream
+  emits is fanned out as it comes (:class:`MarketPublisher`): every ticker,
+  and each book's view once per socket read. Tickers are conflated only
+  where something is behind: at the exchange stream while it is behind its
+  socket (a read's tickers of one symbol, the newest), and in a client's
+  outbox while that client is behind (``Outbox.push_latest``).
   Trades and candles are events, never conflated.
 * ``time-sync`` and ``system-health`` are published every ``status_interval``
   seconds, and ``system-health`` also on every stream state change.
@@ -44,7 +47,6 @@ import gevent
 
 from actors.exchange_stream import BookReset, DropTopics, MarketData, StreamState, SubscribeRejected, WantTopics
 from actors.messages import Evict, Publish
-from metrics.definitions import labelled
 from protocol.channels import ChannelKey, market_key
 from protocol.errors import ErrorCode
 from protocol.messages import dumps
@@ -156,23 +158,20 @@ class MarketPublisher:
     update (the bridge stays the control plane: interest, upstream
     subscriptions, retries, status). It maps a topic to its channel key,
     keeps the latest ticker and book of each key for new subscribers
-    (:attr:`latest`, which the bridge replays), and conflates latest values
-    per key: they are published once per turn of the event loop, after the
-    stream has handled every frame that one read brought, so a burst fans
-    out each symbol's newest value, not a backlog (counted in
-    ``ws_market_data_conflated_total``). Trades and candles are events: each
-    one is published at once, in order. Streams and bridge share one in the
-    same gevent thread; nothing here yields.
+    (:attr:`latest`, which the bridge replays), and publishes every update
+    at once, in order: while clients keep up they get every ticker and book
+    view, and the updates of one read leave together (each outbox writes
+    what one turn of the loop queued in one ``send``). It does not conflate:
+    the exchange stream does while it is behind its socket, and each
+    client's outbox while that client is behind. Streams and bridge share
+    one in the same gevent thread; nothing here yields.
     """
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
         self.local: dict[ChannelKey, Any] = getattr(hub, "local_channels", {})
         self.latest: dict[ChannelKey, Publish | MarketData] = {}  # read with latest_value()
-        self._dirty: dict[ChannelKey, Publish | MarketData] = {}  # latest values not yet published
-        self._scheduled = False
         self._keys: dict[str, dict[str, dict[str, tuple[ChannelKey, str, str, bool, dict[str, str]]]]] = {}
-        self._conflated = labelled(hub.metrics.conflated, "channel")
 
     def _key(self, exchange: str, category: str, topic: str) -> tuple[ChannelKey, str, str, bool, dict[str, str]]:
         """(channel key, symbol, stream, latest-value?, envelope extra) for a topic: computed once per topic."""
@@ -192,10 +191,9 @@ class MarketPublisher:
         if type(message) is MarketData:
             topics = self._keys.get(message.exchange, _NONE).get(message.category, _NONE)
             found = topics.get(message.topic) or self._key(message.exchange, message.category, message.topic)
-            if found[3]:
-                self._latest(found[0], message)  # published at the end of this turn of the loop
-            else:  # trades and candles: every one of them, in order
-                self._publish(found[0], message.data, found[4], False, message.received_ms / 1000)
+            if found[3]:  # a ticker or a book view: kept for new subscribers
+                self.latest[found[0]] = message
+            self._publish(found[0], message.data, found[4], found[3], message.received_ms / 1000)
         else:
             assert isinstance(message, BookReset)
             key, symbol, _, _, extra = self._key(message.exchange, message.category, message.topic)
@@ -213,30 +211,10 @@ class MarketPublisher:
         return value  # type: ignore[return-value]
 
     def publish_latest(self, key: ChannelKey, publish: Publish) -> None:
-        """Latest-value data: kept for new subscribers, and published at the end of this turn of
-        the event loop; a newer value for the key before then replaces it (conflation)."""
-        self._latest(key, publish)
-
-    def _latest(self, key: ChannelKey, value: Publish | MarketData) -> None:
-        self.latest[key] = value
-        dirty = self._dirty
-        if key in dirty:
-            self._conflated.inc()
-        dirty[key] = value
-        if not self._scheduled:
-            self._scheduled = True
-            gevent.get_hub().loop.run_callback(self.flush)
-
-    def flush(self) -> None:
-        """Publish every pending latest value (the event loop calls this once per turn)."""
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, {}
-        for key, value in dirty.items():
-            if type(value) is MarketData:
-                extra = self._key(value.exchange, value.category, value.topic)[4]
-                self._publish(key, value.data, extra, True, value.received_ms / 1000)
-            else:
-                self._publish(key, value.data, value.extra, value.retain, value.received)  # type: ignore[union-attr]
+        """Latest-value data (a book reset, a replay for a new channel): kept for new subscribers
+        and published at once."""
+        self.latest[key] = publish
+        self._publish(key, publish.data, publish.extra, publish.retain, publish.received)
 
     def _publish(self, key: ChannelKey, data: Any, extra: dict[str, Any] | None, retain: bool,
                  received: float | None) -> None:
@@ -254,7 +232,6 @@ class MarketPublisher:
 
     def forget(self, key: ChannelKey) -> None:
         self.latest.pop(key, None)
-        self._dirty.pop(key, None)
 
 
 _NONE: dict[str, Any] = {}

@@ -8,9 +8,14 @@ reader greenlet), :class:`PingDue` (from its own timer).
 Hands to its sink (:class:`actors.bridge.MarketPublisher`, called in the
 handler: one hop from the frame to the channel) :class:`MarketData`
 (checked, exact decimal text; book views, tickers and trades as ready
-JSON) and :class:`BookReset`. A read's trades go at once, in order; a
-book's view and a ticker are made once per read, for the newest update
-(per-symbol conflation at the source). Tells the bridge
+JSON) and :class:`BookReset`. Trades and tickers go at once, every one,
+in order, so the updates of one read reach a client together (its outbox
+writes them in one ``send``); a book's view is made once per read, at its
+end, for the newest state (the deltas of one read arrived together; a view
+per delta cost ~20 % more CPU per exchange message). Only while the stream
+is behind its socket (further reads wait behind the one being handled,
+:data:`CONFLATE_BEHIND`) are a read's tickers of one symbol conflated too:
+the newest is emitted at the end of the read. Tells the bridge
 :class:`SubscribeRejected` and :class:`StreamState` (the control plane).
 
 It never reconnects by itself. A lost connection, a stream silent for
@@ -124,6 +129,14 @@ log = logging.getLogger("gateway.exchange")
 # keep up with is held by TCP, not by an unbounded queue.
 INBOX_HIGH = 1000
 INBOX_LOW = 250
+# Behind its socket: while this many frames (any) wait in the actor's inbox behind the read being
+# handled (the reader got further reads while the actor worked), that read's tickers are conflated
+# per symbol (only its newest is emitted; trades never; book views are one per read anyway). The last
+# read of a backlog, with nothing behind it, emits every ticker: a client that keeps up gets every
+# one of a steady stream, and one that does not is conflated per client by its outbox
+# (Outbox.push_latest). 500 (half of INBOX_HIGH) let an upstream burst of 5,000 tickers through as
+# ~750 per client, more than slow clients parse in 5 s (tests/abuse/test_upstream.py).
+CONFLATE_BEHIND = 1
 READ_SIZE = 65536  # bytes per recv: every frame that arrived (~250 of them at 64 KiB), one system call
 MAX_FRAME = 16 << 20  # an exchange message larger than this is a broken stream
 
@@ -336,9 +349,12 @@ class ExchangeStreamActor(SupervisedActor):
         self._queued = 0  # frames told to this actor by its reader and not handled yet
         self._topic_frames = 0  # data frames of this read, counted at its end
         self._emitted = 7  # updates handed on (the first one's lag is sampled)
-        # books and tickers changed in this read -> when received (emitted at its end)
+        self._behind = False  # this read's tickers are conflated (CONFLATE_BEHIND frames wait behind it)
+        # Books (and, while behind, tickers) changed in this read -> when received (emitted at its end)
         self._changed_books: dict[str, float] = {}
         self._changed_tickers: dict[str, float] = {}
+        self._replaced = 0  # views and tickers of this read replaced while behind (conflated)
+        self._conflated = metrics.conflated.labels("channel") if metrics else None
         self._bad = ({reason: metrics.upstream_bad_messages.labels(self.exchange, reason.value)
                       for reason in DropReason} if metrics else {})
 
@@ -487,6 +503,7 @@ class ExchangeStreamActor(SupervisedActor):
             if self._depth is not None:
                 self._depth.observe(self._queued)
             if message.conn == self.conn:
+                self._behind = self._queued >= CONFLATE_BEHIND
                 received = message.received
                 on_frame = self._on_frame
                 for text in message.texts:
@@ -764,29 +781,39 @@ class ExchangeStreamActor(SupervisedActor):
         self._sink(MarketData(self.exchange, self.category, topic, data, exchange_ts, received_ms))
 
     def _end_of_read(self) -> None:
-        """After the frames of one read: count them, and emit each changed book's and ticker's
-        newest value once (per-symbol conflation at the source: a view is made only for the
-        last of a topic's updates in a read, not for each)."""
+        """After the frames of one read: count them, emit each changed book's view once (made only
+        for the last of a book's updates in the read), and, if the read was conflated (the stream
+        is behind), each changed ticker's newest value."""
+        self._behind = False
         if self._topic_frames:
             if self._messages is not None:
                 self._messages.inc(self._topic_frames)
             self._topic_frames = 0
+        if self._replaced:
+            if self._conflated is not None:
+                self._conflated.inc(self._replaced)
+            self._replaced = 0
         if self._changed_books:
             changed, self._changed_books = self._changed_books, {}
             for topic, received in changed.items():
                 book = self.books.get(topic)  # (gone, or a new one, if the topic resynced since)
                 if book is not None:
-                    text = book.view_json(min(self.settings.book_levels, book.depth), int(received * 1000))
-                    if text is not None:
-                        self._emit(topic, RawJson(text), book.ts, received)
+                    self._emit_view(topic, book, received)
         if self._changed_tickers:
             changed, self._changed_tickers = self._changed_tickers, {}
             for topic, received in changed.items():
                 ticker = self.tickers.get(self.category, topic.partition(".")[2])
                 if ticker is not None:
-                    text = orjson.dumps(ticker)[:-1].decode()
-                    self._emit(topic, RawJson(f'{text},"receivedAt":{int(received * 1000)}}}'), ticker["ts"],
-                               received)
+                    self._emit_ticker(topic, ticker, received)
+
+    def _emit_view(self, topic: str, book: OrderBook, received: float) -> None:
+        text = book.view_json(min(self.settings.book_levels, book.depth), int(received * 1000))
+        if text is not None:
+            self._emit(topic, RawJson(text), book.ts, received)
+
+    def _emit_ticker(self, topic: str, ticker: dict[str, Any], received: float) -> None:
+        text = orjson.dumps(ticker)[:-1].decode()
+        self._emit(topic, RawJson(f'{text},"receivedAt":{int(received * 1000)}}}'), ticker["ts"], received)
 
     def _on_topic(self, message: TopicMessage, received: float) -> None:
         topic = message.topic
@@ -822,7 +849,12 @@ class ExchangeStreamActor(SupervisedActor):
                 self._resync(topic, "ticker delta before snapshot")
                 return
             self._resyncing.pop(topic, None)
-            self._changed_tickers[topic] = received  # emitted at the end of the read
+            if not self._behind:
+                self._emit_ticker(topic, ticker, received)
+            else:  # the newest of the read is emitted at its end
+                if topic in self._changed_tickers:
+                    self._replaced += 1
+                self._changed_tickers[topic] = received
         elif isinstance(update, tuple) and update and isinstance(update[0], Kline):
             for kline in update:
                 data = kline.to_json_dict()
@@ -840,7 +872,12 @@ class ExchangeStreamActor(SupervisedActor):
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")
             return
         self._resyncing.pop(topic, None)
-        self._changed_books[topic] = received  # its view is emitted at the end of the read
+        # Its view is made at the end of the read, once for the read's newest state (a view per
+        # delta cost ~20 % more CPU per exchange message in (f), docs/performance.md); counted as
+        # conflation only while the stream is behind.
+        if self._behind and topic in self._changed_books:
+            self._replaced += 1
+        self._changed_books[topic] = received
 
     def _resync(self, topic: str, reason: str) -> None:
         """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot.

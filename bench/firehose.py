@@ -11,9 +11,14 @@ most ``window`` of them may be in flight.
 "In flight" is measured end to end, through the real path: this process
 holds one subscribed client connection of its own to the gateway (the
 *probe*, which counts as one of the benchmark's clients) and counts the
-``data`` messages it receives. Sent − seen ≤ ``window`` keeps the gateway
-saturated without letting its unbounded actor inboxes grow without end (an
-open-loop firehose would only measure how fast memory fills).
+``data`` messages it receives (``seen``, what the benchmark reports). The
+pacing uses the newest ticker the probe has received instead: each ticker
+carries its number n in ``turnover24h`` (``<n>.22907118``), and sent − the
+newest n seen ≤ ``window``. That keeps the gateway saturated without
+letting its actor inboxes grow without end (an open-loop firehose would
+only measure how fast memory fills), and a ticker the gateway conflates
+(skips for a newer one) does not stall the pacing: counting messages would
+wait for ones that never come.
 
 Controlled over stdin/stdout, one JSON line each way: the first line out is
 ``{"port": P}``; commands ``probe`` (url path, symbol), ``go`` (window),
@@ -40,15 +45,17 @@ from transport.frames import FrameError, FrameReader, Opcode, encode_close, enco
 from transport.handshake import Rejection, check_upgrade, parse_request_head, upgrade_response
 
 SPOT = Category.SPOT
+NUMBER_MARKER = b'"turnover24h":"'  # the ticker's number, as the gateway passes it on
 
 
 def ticker_frame(symbol: str, n: int, now_ms: int) -> bytes:
-    """One spot ticker snapshot (Bybit's key order), about 330 bytes; prices move with ``n``."""
+    """One spot ticker snapshot (Bybit's key order), about 330 bytes; prices move with ``n``, and
+    ``turnover24h`` is ``n`` itself (the probe reads it back: the firehose's pacing)."""
     last = 60000 + (n % 997) / 100
     text = (
         f'{{"topic":"tickers.{symbol}","ts":{now_ms},"type":"snapshot","cs":{1000000 + n},'
         f'"data":{{"symbol":"{symbol}","lastPrice":"{last:.2f}","highPrice24h":"61426.99","lowPrice24h":"58575",'
-        f'"prevPrice24h":"59704.93","volume24h":"{6780 + n % 1000}.866843","turnover24h":"141946527.22907118",'
+        f'"prevPrice24h":"59704.93","volume24h":"{6780 + n % 1000}.866843","turnover24h":"{n}.22907118",'
         f'"price24hPcnt":"0.0196","usdIndexPrice":"60020.2400136"}}}}'
     )
     return encode_frame(Opcode.TEXT, text.encode())
@@ -145,6 +152,7 @@ class Firehose:
         self.sent = 0
         self.probe: BenchConnection | None = None
         self.probe_stats = Stats()
+        self.newest = 0  # the newest ticker number the probe has received
         self.window = 0
         self.running = False
         self._pump: asyncio.Task[None] | None = None
@@ -165,7 +173,25 @@ class Firehose:
         # Count from here on, and wake the pump whenever the probe sees data.
         self.probe.set_mode("count")
         self.probe_stats.messages = 0
-        self.probe.on_data = self._progress.set
+        self.probe.on_data = self._on_probe_data
+
+    def _on_probe_data(self, data: bytes) -> None:
+        """The newest ticker number in a read of the probe (a number cut by the read's end is
+        skipped: the next read has it whole, or a newer one)."""
+        end = len(data)
+        while True:
+            at = data.rfind(NUMBER_MARKER, 0, end)
+            if at < 0:
+                return
+            start = at + len(NUMBER_MARKER)
+            dot = data.find(b".", start, start + 24)
+            if dot > start and data[start:dot].isdigit():
+                n = int(data[start:dot])
+                if n > self.newest:
+                    self.newest = n
+                    self._progress.set()
+                return
+            end = at
 
     async def pump(self) -> None:
         batch = 64
@@ -174,7 +200,7 @@ class Firehose:
             if not targets:
                 await asyncio.sleep(0.01)
                 continue
-            room = self.window - (self.sent - self.seen)
+            room = self.window - (self.sent - self.newest)
             if room <= 0:
                 self._progress.clear()
                 with contextlib.suppress(TimeoutError):
@@ -218,7 +244,8 @@ async def main() -> None:
                     hose._pump = None
                 reply = {"sent": hose.sent, "seen": hose.seen}
             elif cmd["cmd"] == "stats":
-                reply = {"t": time.monotonic(), "sent": hose.sent, "seen": hose.seen, "cpu": time.process_time(),
+                reply = {"t": time.monotonic(), "sent": hose.sent, "seen": hose.seen, "newest": hose.newest,
+                         "cpu": time.process_time(),
                          "upstreams": len(hose.upstreams), "probe_open": hose.probe_stats.open}
             elif cmd["cmd"] == "exit":
                 print(json.dumps(reply), flush=True)

@@ -145,7 +145,7 @@ class BenchConnection(asyncio.Protocol):
         self._head = True
         self._tail = b""
         self._request = self._handshake(host, port, path, headers or {})
-        self.on_data: Any = None  # called after each read in ``count`` mode (the firehose's pacing)
+        self.on_data: Any = None  # called with each read's bytes in ``count`` mode (the firehose's pacing)
 
     @staticmethod
     def _handshake(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
@@ -199,7 +199,7 @@ class BenchConnection(asyncio.Protocol):
             self._tail = data[-_TAIL:]
             stats.messages += n
             if self.on_data is not None:
-                self.on_data()
+                self.on_data(data)
             return
         self._buf += data
         self._parse()

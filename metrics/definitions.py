@@ -243,12 +243,13 @@ def build(registry: CollectorRegistry | None = None) -> Metrics:
                                    ["exchange", "category"], registry=r),
     )
     # Bursts (docs/operations.md): latest-value data skipped because a newer
-    # value came before the channel fanned it out, and how deep the queues on
-    # the market-data path are (sampled at every message they take).
+    # value came while something was behind (the exchange stream, or a client),
+    # and how deep the queues on the market-data path are.
     m.update(
         conflated=Counter("ws_market_data_conflated", "Latest-value updates (tickers, book views) replaced by a "
-                          "newer one before they went on, by stage (channel: before the fan-out; connection: in "
-                          "a client's queue while it was behind, counted when it closes)", ["stage"], registry=r),
+                          "newer one before they went on, by stage (channel: before the fan-out, in one socket "
+                          "read while the exchange stream was behind; connection: in a client's queue while it "
+                          "was behind, counted when it closes)", ["stage"], registry=r),
         internal_queue_depth=Histogram(
             "ws_internal_queue_depth", "Messages waiting in an actor's inbox on the market-data path, sampled as "
             "each is taken, by stage (exchange_stream, market_channel)", ["stage"], registry=r,

@@ -3,7 +3,8 @@
 The simulator (its own process) runs the popular pairs' ticker, book and
 trades; clients subscribe to all of them; then the ``burst`` fault makes
 every topic update ten times as often. Latest-value data (tickers, book
-views) is conflated on the way to the channels; trades are events and all
+views) is conflated only where something is behind (the exchange stream
+behind its socket, a client behind its queue); trades are events and all
 arrive; the exchange stream's reader stops reading while its actor is
 behind. Asserted: no client is closed, no trade is lost or duplicated
 (contiguous ``seq``), data still flows afterwards, and the queue-depth
