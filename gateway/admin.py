@@ -109,7 +109,7 @@ class Admin:
             except AuditUnavailable as exc:
                 raise AdminError(503, "database_unavailable", f"the revocation could not be stored ({exc}); "
                                  "nothing was revoked: try again") from None
-        closed = self._apply(_revoked(rev))
+        closed = self._apply(_revoked(rev)) or 0
         self._broadcast({"kind": "revoke", "revocation": _revocation_json(rev)})
         self._record(actor, f"revoke_{kind}", {"jti": jti} if jti is not None else {"userId": user,
                                                                                     "until": until})
@@ -137,17 +137,17 @@ class Admin:
             return
         if data.get("kind") == "revoke" and isinstance(data.get("revocation"), dict):
             rev = _revocation_from_json(data["revocation"])
-            if self._apply(_revoked(rev)) and self.audit is not None:
+            if self._apply(_revoked(rev)) is not None and self.audit is not None:
                 # Kept here too (this node's SQLite; with PostgreSQL the same row, written once).
                 self.audit.revocation_seen(rev)
         elif data.get("kind") == "disconnect" and data.get("node") != self.node:
             user = data.get("userId")
             self._close(lambda p: p.user_id == user and not p.is_service, CloseCode.DISCONNECTED)
 
-    def _apply(self, rev: Revoked) -> int:
-        """Take ``rev`` and close what it covers here; the connections closed (0 if known)."""
+    def _apply(self, rev: Revoked) -> int | None:
+        """Take ``rev`` and close what it covers here: the connections closed, None if it was known."""
         if not self.revocations.add(rev):
-            return 0
+            return None
         now = self.clock()
         self.revocations.prune(now)
         return self._close(lambda p: rev.covers(p, now), CloseCode.TOKEN_REVOKED)

@@ -182,6 +182,12 @@ def test_a_revocation_reaches_every_node_within_a_second():
             assert _handshake_error(b, token) == (401, "token_revoked")
             assert _http(a, "POST", "/api/admin/disconnect", {"userId": "olga"})[0] == 200
             assert disconnected_b.expect_close(timeout=1.0)[0] == 4004
+            # Node b kept the revocation it was sent in its own SQLite: restarted, it still refuses.
+            other = a.token("nina", jti="jti-nodes-2")
+            assert _http(a, "POST", "/api/admin/revoke", {"jti": "jti-nodes-2"})[0] == 200
+            b.stop()
+            b.start()
+            assert _handshake_error(b, other) == (401, "token_revoked")
     finally:
         redis_server.stop()
 
