@@ -227,7 +227,9 @@ class MarketPublisher:
                 log.warning("publishing to %s directly failed; sending it through the channel's inbox", key,
                             exc_info=True)
         # Not a local channel (or stopping, or it failed just now): through its inbox, where a
-        # failure is the channel actor's, and the hub replaces it with its subscribers.
+        # failure is the channel actor's, and the hub replaces it with its subscribers. After a
+        # direct failure the update is sent again rather than lost: subscribers the failed call
+        # had already reached may get it twice (a bug's cost, logged above), none gets it never.
         self.hub.publish(key, Publish(data, int(time.time() * 1000), extra, retain, received))
 
     def forget(self, key: ChannelKey) -> None:

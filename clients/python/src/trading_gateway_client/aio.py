@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 from websockets.version import version as websockets_version
 
-from trading_gateway_client.commands import PendingCommand
+from trading_gateway_client.commands import CommandHandleBase, PendingCommand
 from trading_gateway_client.core import ClientCore
 from trading_gateway_client.errors import (
     ConnectionLost,
@@ -86,7 +86,7 @@ def refused_error(event: BotCommandRefused | ReportRefused) -> RequestError:
     return RequestError(event.code, event.message, event.id)
 
 
-class CommandHandle:
+class CommandHandle(CommandHandleBase):
     """One bot command (asyncio): its ack, each of its states once, its final result.
 
     ``await handle.sent()`` is the gateway's ack (:class:`BotCommandAck`; across reconnects: an ack lost
@@ -99,32 +99,14 @@ class CommandHandle:
     """
 
     def __init__(self, pending: PendingCommand, forget: Callable[[str], None]) -> None:
-        self.command_id, self.bot_id, self.command = pending.command_id, pending.bot_id, pending.command
-        self.params = dict(pending.params)
-        self.updates: list[BotCommandResult] = []
-        self.ack: BotCommandAck | None = None
-        self.error: RequestError | BaseException | None = None
         loop = asyncio.get_running_loop()
         self._ack: asyncio.Future[BotCommandAck] = loop.create_future()
         self._done: asyncio.Future[BotCommandResult] = loop.create_future()
         _quiet(self._ack)
         _quiet(self._done)
+        super().__init__(pending, self._ack, self._done)
         self._changed = asyncio.Event()
         self._forget = forget
-
-    def __repr__(self) -> str:
-        return f"CommandHandle({self.command_id!r}, {self.bot_id!r}, {self.command!r}, state={self.state!r})"
-
-    @property
-    def state(self) -> str | None:
-        """The latest state known: None before the ack, then ``sent``, ``accepted``, a final one."""
-        if self.updates:
-            return self.updates[-1].state
-        return self.ack.state if self.ack is not None else None
-
-    @property
-    def done(self) -> bool:
-        return self._done.done()
 
     async def sent(self, timeout: float | None = None) -> BotCommandAck:
         return await asyncio.wait_for(asyncio.shield(self._ack), timeout)
@@ -153,28 +135,7 @@ class CommandHandle:
         """Stop tracking the command (no resend, no status query after reconnects)."""
         self._forget(self.command_id)
 
-    # -- fed by the client -----------------------------------------------------------------
-
-    def _acked(self, ack: BotCommandAck) -> None:
-        if self.ack is None or not ack.duplicate:
-            self.ack = ack
-        if not self._ack.done():
-            self._ack.set_result(ack)
-        self._changed.set()
-
-    def _update(self, result: BotCommandResult) -> None:
-        self.updates.append(result)
-        if not self._ack.done():  # a result before the ack (or instead of it, after a reconnect)
-            self._ack.set_result(BotCommandAck(result.command_id, 0, None, "sent", True))
-        if result.finished and not self._done.done():
-            self._done.set_result(result)
-        self._changed.set()
-
-    def _fail(self, error: BaseException) -> None:
-        self.error = error
-        for future in (self._ack, self._done):
-            if not future.done():
-                future.set_exception(error)
+    def _notify(self) -> None:
         self._changed.set()
 
 

@@ -27,7 +27,7 @@ from typing import Any, cast
 import websocket
 
 from trading_gateway_client.aio import market_params, refusal_details, refused_error, retry_after_seconds
-from trading_gateway_client.commands import PendingCommand
+from trading_gateway_client.commands import CommandHandleBase, PendingCommand
 from trading_gateway_client.core import ClientCore
 from trading_gateway_client.errors import ConnectionLost, RequestError, TerminalError, TokenUnavailable
 from trading_gateway_client.market import BotCommandRequest, OrderBook
@@ -61,7 +61,7 @@ def _quiet(future: Future[Any]) -> None:
     future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-class BlockingCommandHandle:
+class BlockingCommandHandle(CommandHandleBase):
     """One bot command (blocking): its ack, each of its states once, its final result.
 
     ``handle.sent(timeout)`` is the gateway's ack, ``handle.result(timeout)`` the final
@@ -74,30 +74,12 @@ class BlockingCommandHandle:
     """
 
     def __init__(self, pending: PendingCommand, client: BlockingClient) -> None:
-        self.command_id, self.bot_id, self.command = pending.command_id, pending.bot_id, pending.command
-        self.params = dict(pending.params)
-        self.updates: list[BotCommandResult] = []
-        self.ack: BotCommandAck | None = None
-        self.error: BaseException | None = None
         self._ack: Future[BotCommandAck] = Future()
         self._done: Future[BotCommandResult] = Future()
         _quiet(self._ack)
         _quiet(self._done)
+        super().__init__(pending, self._ack, self._done)
         self._client = client
-
-    def __repr__(self) -> str:
-        return f"BlockingCommandHandle({self.command_id!r}, {self.bot_id!r}, {self.command!r}, state={self.state!r})"
-
-    @property
-    def state(self) -> str | None:
-        """The latest state known: None before the ack, then ``sent``, ``accepted``, a final one."""
-        if self.updates:
-            return self.updates[-1].state
-        return self.ack.state if self.ack is not None else None
-
-    @property
-    def done(self) -> bool:
-        return self._done.done()
 
     def sent(self, timeout: float | None = 10.0) -> BotCommandAck:
         self._client._not_from_handler("handle.sent()")
@@ -110,25 +92,6 @@ class BlockingCommandHandle:
     def forget(self) -> None:
         """Stop tracking the command (no resend, no status query after reconnects)."""
         self._client._forget(self.command_id)
-
-    def _acked(self, ack: BotCommandAck) -> None:
-        if self.ack is None or not ack.duplicate:
-            self.ack = ack
-        if not self._ack.done():
-            self._ack.set_result(ack)
-
-    def _update(self, result: BotCommandResult) -> None:
-        self.updates.append(result)
-        if not self._ack.done():
-            self._ack.set_result(BotCommandAck(result.command_id, 0, None, "sent", True))
-        if result.finished and not self._done.done():
-            self._done.set_result(result)
-
-    def _fail(self, error: BaseException) -> None:
-        self.error = error
-        for future in (self._ack, self._done):
-            if not future.done():
-                future.set_exception(error)
 
 
 class BlockingClient:

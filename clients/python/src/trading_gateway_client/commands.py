@@ -23,7 +23,8 @@ not reached a final state:
 * a final state ends tracking; so does a refusal (:class:`BotCommandRefused`):
   ``no_service``, ``forbidden``, ``conflict``, ``invalid_message``,
   ``audit_unavailable``, or ``not_found`` to a status query (the gateway
-  lost the command, or it is older than a day: its outcome is unknown).
+  lost the command, or it finished more than an hour ago: its outcome is
+  unknown).
   ``rate_limited``, ``internal_error`` and a ``no_service`` saying the
   command *may have been sent* are not refusals: the same command goes
   again after a backoff.
@@ -46,7 +47,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from trading_gateway_client.messages import (
     COMMAND_ID,
@@ -67,7 +68,7 @@ from trading_gateway_client.messages import (
     state_rank,
 )
 
-__all__ = ["CommandTracker", "PendingCommand", "PendingReport", "new_command_id"]
+__all__ = ["CommandHandleBase", "CommandTracker", "PendingCommand", "PendingReport", "new_command_id"]
 
 # Answers that say "not now" rather than "no": the same request goes again after a backoff.
 TRANSIENT = frozenset({"rate_limited", "internal_error"})
@@ -117,6 +118,81 @@ class PendingReport:
     @property
     def key(self) -> tuple[str, str]:
         return self.user_id, self.command_id
+
+
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class _Settable(Protocol[T_contra]):
+    """What a handle needs of a future: asyncio's and concurrent.futures' both have it."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: T_contra, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class CommandHandleBase:
+    """One bot command as the caller holds it: its ack, each state once, its end.
+
+    The shells (asyncio, blocking) give it their own futures and add the
+    waiting; what the client feeds it (``_acked``, ``_update``, ``_fail``) is
+    the same for both. ``_notify`` runs after each change (the asyncio
+    handle wakes its iterators there).
+    """
+
+    def __init__(self, pending: PendingCommand, ack: _Settable[BotCommandAck],
+                 done: _Settable[BotCommandResult]) -> None:
+        self.command_id, self.bot_id, self.command = pending.command_id, pending.bot_id, pending.command
+        self.params = dict(pending.params)
+        self.updates: list[BotCommandResult] = []
+        self.ack: BotCommandAck | None = None
+        self.error: BaseException | None = None
+        self._ack_future = ack
+        self._done_future = done
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.command_id!r}, {self.bot_id!r}, {self.command!r}, "
+                f"state={self.state!r})")
+
+    @property
+    def state(self) -> str | None:
+        """The latest state known: None before the ack, then ``sent``, ``accepted``, a final one."""
+        if self.updates:
+            return self.updates[-1].state
+        return self.ack.state if self.ack is not None else None
+
+    @property
+    def done(self) -> bool:
+        return self._done_future.done()
+
+    def _notify(self) -> None:
+        pass
+
+    # -- fed by the client -----------------------------------------------------------------
+
+    def _acked(self, ack: BotCommandAck) -> None:
+        if self.ack is None or not ack.duplicate:
+            self.ack = ack
+        if not self._ack_future.done():
+            self._ack_future.set_result(ack)
+        self._notify()
+
+    def _update(self, result: BotCommandResult) -> None:
+        self.updates.append(result)
+        if not self._ack_future.done():  # a result before the ack (or instead of it, after a reconnect)
+            self._ack_future.set_result(BotCommandAck(result.command_id, 0, None, "sent", True))
+        if result.finished and not self._done_future.done():
+            self._done_future.set_result(result)
+        self._notify()
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        for future in (self._ack_future, self._done_future):
+            if not future.done():
+                future.set_exception(error)
+        self._notify()
 
 
 @dataclass
