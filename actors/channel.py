@@ -40,7 +40,6 @@ from actors.messages import (
     Join,
     Leave,
     Publish,
-    PublishLatest,
     SubscriptionRevoked,
 )
 from brokers.broker import Broker, BrokerUnavailable, Publication
@@ -112,7 +111,7 @@ class ChannelActor(GeventActor):
         self._stamp_turn = 0
         self._idle_grace = idle_grace
         self._idle_generation = 0
-        self._depth = depth_histogram  # market data: inbox depth sampled at each latest-value message
+        self._depth = depth_histogram  # market data: inbox depth, sampled at one publish in sixteen
         self._depth_turn = 0
         self._sent_n = 0  # deliveries and their bytes, not yet added to the counters
         self._bytes_n = 0
@@ -130,12 +129,6 @@ class ChannelActor(GeventActor):
             self._deliver(message.publication)
         elif isinstance(message, Publish):
             return self._publish(message)
-        elif isinstance(message, PublishLatest):
-            if self._depth is not None:
-                self._depth.observe(self.actor_inbox.qsize())
-            latest, message.slot.pending = message.slot.pending, None
-            if latest is not None:
-                self._publish(latest)
         elif isinstance(message, Join):
             self._join(message)
         elif isinstance(message, Leave):

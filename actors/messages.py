@@ -118,32 +118,6 @@ class Publish:
     received: float | None = None  # when the data arrived from the exchange (fan-out latency)
 
 
-@dataclass(slots=True)
-class LatestSlot:
-    """Conflation of latest-value data (tickers, book views) between the bridge and a channel.
-
-    The one mutable message: the bridge writes the newest :class:`Publish`
-    into ``pending`` and tells the channel :class:`PublishLatest` only when
-    the slot was empty; the channel takes what is there when it gets to it.
-    A channel that falls behind a burst fans out the latest value, not every
-    value in between: at most one such message per key waits in its inbox.
-    Safe without a lock: gevent runs one greenlet at a time and neither side
-    yields between reading and writing the slot. ``told`` (monotonic seconds)
-    lets the bridge tell again if a channel was replaced with the message
-    still in its dead inbox.
-    """
-
-    pending: Any = None  # a Publish, or None once taken
-    told: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class PublishLatest:
-    """Publish whatever ``slot`` holds now (nothing if it was taken already)."""
-
-    slot: LatestSlot
-
-
 @dataclass(frozen=True, slots=True)
 class IdleCheck:
     """Sent by the channel to itself after its last subscriber left."""
