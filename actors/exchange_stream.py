@@ -13,9 +13,9 @@ in order, so the updates of one read reach a client together (its outbox
 writes them in one ``send``); a book's view is made once per read, at its
 end, for the newest state (the deltas of one read arrived together; a view
 per delta cost ~20 % more CPU per exchange message). Only while the stream
-is behind its socket (further reads wait behind the one being handled,
-:data:`CONFLATE_BEHIND`) are a read's tickers of one symbol conflated too:
-the newest is emitted at the end of the read. Tells the bridge
+is behind its socket (its reader had to stop at :data:`INBOX_HIGH` and the
+actor has not yet handled every frame read) are a read's tickers of one
+symbol conflated too: the newest is emitted at the end of the read. Tells the bridge
 :class:`SubscribeRejected` and :class:`StreamState` (the control plane).
 
 It never reconnects by itself. A lost connection, a stream silent for
@@ -129,14 +129,15 @@ log = logging.getLogger("gateway.exchange")
 # keep up with is held by TCP, not by an unbounded queue.
 INBOX_HIGH = 1000
 INBOX_LOW = 250
-# Behind its socket: while this many frames (any) wait in the actor's inbox behind the read being
-# handled (the reader got further reads while the actor worked), that read's tickers are conflated
-# per symbol (only its newest is emitted; trades never; book views are one per read anyway). The last
-# read of a backlog, with nothing behind it, emits every ticker: a client that keeps up gets every
-# one of a steady stream, and one that does not is conflated per client by its outbox
-# (Outbox.push_latest). 500 (half of INBOX_HIGH) let an upstream burst of 5,000 tickers through as
-# ~750 per client, more than slow clients parse in 5 s (tests/abuse/test_upstream.py).
-CONFLATE_BEHIND = 1
+# Behind its socket: from the moment the reader has to stop (INBOX_HIGH frames wait in the actor's
+# inbox) until the actor has handled every frame read, each read's tickers are conflated per symbol
+# (only its newest is emitted; trades never; book views are one per read anyway). The last read of
+# the backlog, with nothing behind it, emits every ticker. A stream that keeps up, however fast,
+# emits every ticker; between two reads the actor lets the clients' writers run, so an outbox holds
+# about one read's updates and one whose client reads slower keeps only the newest per key
+# (Outbox.push_latest: per client, not for everyone). Before: any frame waiting behind a read
+# conflated its tickers for every client (the (a) firehose: 9.5x the faster peer, not 14-17x);
+# docs/performance.md.
 READ_SIZE = 65536  # bytes per recv: every frame that arrived (~250 of them at 64 KiB), one system call
 MAX_FRAME = 16 << 20  # an exchange message larger than this is a broken stream
 
@@ -349,7 +350,8 @@ class ExchangeStreamActor(SupervisedActor):
         self._queued = 0  # frames told to this actor by its reader and not handled yet
         self._topic_frames = 0  # data frames of this read, counted at its end
         self._emitted = 7  # updates handed on (the first one's lag is sampled)
-        self._behind = False  # this read's tickers are conflated (CONFLATE_BEHIND frames wait behind it)
+        self._catching_up = False  # the reader stopped at INBOX_HIGH; until every frame read is handled
+        self._behind = False  # this read's tickers are conflated (catching up, frames wait behind it)
         # Books (and, while behind, tickers) changed in this read -> when received (emitted at its end)
         self._changed_books: dict[str, float] = {}
         self._changed_tickers: dict[str, float] = {}
@@ -424,6 +426,7 @@ class ExchangeStreamActor(SupervisedActor):
             sock = ws.sock
             while True:
                 if self._queued >= INBOX_HIGH:
+                    self._catching_up = True  # (conflate tickers until the backlog is handled)
                     # The actor is behind (a burst): stop reading until it catches up,
                     # so the backlog waits in TCP's window, not in memory without bound.
                     while self._queued > INBOX_LOW:
@@ -503,12 +506,16 @@ class ExchangeStreamActor(SupervisedActor):
             if self._depth is not None:
                 self._depth.observe(self._queued)
             if message.conn == self.conn:
-                self._behind = self._queued >= CONFLATE_BEHIND
+                self._behind = self._catching_up = self._catching_up and self._queued > 0
                 received = message.received
                 on_frame = self._on_frame
                 for text in message.texts:
                     on_frame(text, received)
                 self._end_of_read()
+                if self._queued:
+                    # More reads wait: let the clients' writers send this one's updates first (each
+                    # outbox then holds one read's worth, and one that cannot send conflates per key).
+                    gevent.sleep(0)
         elif isinstance(message, UpstreamFrame):
             if self._depth is not None:
                 self._depth.observe(self.actor_inbox.qsize())
