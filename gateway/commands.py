@@ -18,6 +18,10 @@ what it returns (frames) or the :class:`ProtocolError` it raises.
 - **Deadlines** are kept by the node the user sent the command to (a timer);
   if that node is gone, the first status query or report after the deadline
   moves the command to ``timed_out`` (documented in docs/protocol.md).
+- **In flight.** A user may have ``max_open`` commands sent through this
+  node and not yet finished (``BOT_COMMAND_MAX_OPEN``); one more is
+  ``too_many_commands``, nothing sent. A command stops counting at its
+  result (from any node) or at its deadline, whichever comes first.
 - **Idempotency.** A resend with the same ``commandId`` is answered from the
   record (``duplicate: true``, then its latest state) and not sent again;
   the same id for a different command is ``conflict``.
@@ -43,7 +47,7 @@ from brokers.broker import Broker, BrokerUnavailable
 from metrics.definitions import Metrics, labelled
 from protocol.auth import Principal
 from protocol.channels import RESULTS_KEY, Channel, ChannelKey
-from protocol.commands import Command, CommandState, advance, owners, serves
+from protocol.commands import TERMINAL, Command, CommandState, advance, owners, serves
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     BotCommand,
@@ -66,6 +70,9 @@ RETENTION = 3600.0
 Frames = list[tuple[str, str]]  # (text, message type for the metrics)
 
 
+_FINAL_STATES = frozenset(state.value for state in TERMINAL)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -80,7 +87,7 @@ def service_key(service: str) -> ChannelKey:
 
 class CommandDesk:
     def __init__(self, broker: Broker, metrics: Metrics, *, node: str, default_timeout: float,
-                 receivers: Callable[[ChannelKey], int],
+                 receivers: Callable[[ChannelKey], int], max_open: int = 100,
                  on_change: Callable[[Command], object] = lambda cmd: None,
                  accepting: Callable[[], bool] = lambda: True,
                  clock: Callable[[], int] = _now_ms) -> None:
@@ -97,6 +104,8 @@ class CommandDesk:
         self.clock = clock
         self.deliver_local: Callable[[str, str], object] = lambda user, text: None  # set by the gateway
         self._timers: dict[str, gevent.Greenlet] = {}
+        self.max_open = max_open
+        self._open: dict[str, set[str]] = {}  # user -> record keys of unfinished commands sent through this node
 
     # -- services ------------------------------------------------------------------
 
@@ -133,6 +142,28 @@ class CommandDesk:
             known = self._load(key, rid)
             if known is not None:
                 return self._resent(known, msg)
+        # A place among the user's unfinished commands is taken before any I/O (two connections of the
+        # user cannot both take the last one), and given back unless the command is sent.
+        open_now = self._open.setdefault(principal.user_id, set())
+        if key not in open_now and len(open_now) >= self.max_open:
+            labelled(self.metrics.bot_commands, "too_many_commands").inc()
+            raise ProtocolError(ErrorCode.TOO_MANY_COMMANDS, f"{len(open_now)} commands of this user are not "
+                                "finished yet (BOT_COMMAND_MAX_OPEN); nothing was sent: wait for a result",
+                                request_id=rid)
+        taken = key not in open_now
+        open_now.add(key)
+        sent = False
+        try:
+            frames, sent = self._send(principal, session_id, msg, command_id, key)
+        finally:
+            if taken and not sent:
+                self._closed(principal.user_id, key)
+        return frames
+
+    def _send(self, principal: Principal, session_id: str, msg: BotCommand, command_id: str,
+              key: str) -> tuple[Frames, bool]:
+        """Store and publish a new command: its ack and True, or the answer to a resend and False."""
+        rid = msg.request_id
         if not self.accepting():
             raise ProtocolError(ErrorCode.AUDIT_UNAVAILABLE, "the audit trail cannot record commands now; "
                                 "nothing was sent: try again later", request_id=rid)
@@ -149,7 +180,7 @@ class CommandDesk:
         except BrokerUnavailable as exc:
             raise self._unreachable(exc, rid) from None
         if existing is not None:  # the same id, sent twice at once: the other one is the command
-            return self._resent(Command.from_json(json.loads(existing)), msg)
+            return self._resent(Command.from_json(json.loads(existing)), msg), False
         try:
             self.broker.publish(service_key(owner), cmd.to_service(), now)
         except BrokerUnavailable as exc:
@@ -160,7 +191,7 @@ class CommandDesk:
         self.on_change(cmd)
         self._arm(cmd)
         return [(bot_command_ack_message(command_id, cmd.state.value, rid, delivered_to=listeners),
-                 "bot_command_ack")]
+                 "bot_command_ack")], True
 
     def status(self, principal: Principal, msg: BotCommandStatus) -> Frames:
         cmd = self._load(_record_key(principal.user_id, msg.command_id), msg.request_id)
@@ -210,10 +241,11 @@ class CommandDesk:
     def _arm(self, cmd: Command) -> None:
         delay = max(0.0, (cmd.deadline - self.clock()) / 1000)
         key = _record_key(cmd.user_id, cmd.command_id)
-        self._timers[key] = gevent.spawn_later(delay, self._deadline, key)
+        self._timers[key] = gevent.spawn_later(delay, self._deadline, key, cmd.user_id)
 
-    def _deadline(self, key: str) -> None:
+    def _deadline(self, key: str, user: str) -> None:
         self._timers.pop(key, None)
+        self._closed(user, key)  # past its deadline it no longer counts, whatever the broker says now
         try:
             cmd = self._load(key, None)
             if cmd is not None:
@@ -269,7 +301,9 @@ class CommandDesk:
         labelled(self.metrics.bot_commands, cmd.state.value).inc()
         self.on_change(cmd)
         if cmd.finished:
-            timer = self._timers.pop(_record_key(cmd.user_id, cmd.command_id), None)
+            key = _record_key(cmd.user_id, cmd.command_id)
+            self._closed(cmd.user_id, key)
+            timer = self._timers.pop(key, None)
             if timer is not None:
                 timer.kill(block=False)
         try:
@@ -282,7 +316,19 @@ class CommandDesk:
     def result_published(self, data: Any) -> None:
         """A result from any node (the broker's delivery): to this node's connections of the user."""
         if isinstance(data, dict) and isinstance(data.get("userId"), str):
+            result = data.get("result")
+            if (isinstance(result, dict) and isinstance(result.get("commandId"), str)
+                    and result.get("state") in _FINAL_STATES):
+                self._closed(data["userId"], _record_key(data["userId"], result["commandId"]))
             self.deliver_local(data["userId"], bot_command_result_message(data["result"]))
+
+    def _closed(self, user: str, key: str) -> None:
+        """The command no longer counts toward its user's ``max_open``."""
+        keys = self._open.get(user)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._open[user]
 
     @staticmethod
     def _unreachable(exc: BrokerUnavailable, rid: str | None) -> ProtocolError:

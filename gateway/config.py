@@ -70,6 +70,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ADMIN_API_KEY", "", "bearer key for /api/admin/* and /api/audit/* (admin-role tokens work too)"),
     Variable("BOT_COMMAND_TIMEOUT", "30000", "ms a bot command may take before it is timed_out (a command's "
              "timeoutMs may ask for less or more, up to 10 minutes)"),
+    Variable("BOT_COMMAND_MAX_OPEN", "100", "unfinished bot commands one user may have sent through one node "
+             "(too_many_commands above; a command counts until its result or its deadline)"),
     Variable("DATA_DIR", "data", "directory of the embedded audit database (audit.sqlite3)"),
     Variable("DATABASE_URL", "", "postgresql://user:password@host/db for the audit trail; unset: SQLite in "
              "DATA_DIR; none: no audit trail"),
@@ -280,6 +282,7 @@ class Settings:
     # bot commands, the audit trail and the admin API
     admin_api_key: str | None = None
     bot_command_timeout: float = 30.0
+    bot_command_max_open: int = 100
     data_dir: str = "data"
     database_url: str | None = None  # None: SQLite in data_dir; "none": no audit trail
     audit_redact_keys: tuple[str, ...] = ("password", "secret", "token", "apiKey", "apiSecret", "privateKey",
@@ -402,6 +405,7 @@ class Settings:
             publish_data_bytes=e.int("PUBLISH_DATA_BYTES", 16),
             admin_api_key=e.text("ADMIN_API_KEY"),
             bot_command_timeout=e.ms("BOT_COMMAND_TIMEOUT", 100),
+            bot_command_max_open=e.int("BOT_COMMAND_MAX_OPEN", 1),
             data_dir=e.raw("DATA_DIR"),
             database_url=_database_url(e.text("DATABASE_URL")),
             audit_redact_keys=e.items("AUDIT_REDACT_KEYS"),

@@ -92,6 +92,7 @@ class Gateway:
         # Bot commands (gateway/commands.py) and admin actions (gateway/admin.py), on every node.
         self.commands = CommandDesk(
             hub.broker, metrics, node=self.node, default_timeout=settings.bot_command_timeout,
+            max_open=settings.bot_command_max_open,
             receivers=hub.service_receivers,
             on_change=(lambda cmd: audit.command(_audit_record(cmd))) if audit is not None else (lambda cmd: None),
             accepting=(lambda: audit.accepting) if audit is not None else (lambda: True))

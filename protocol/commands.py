@@ -24,6 +24,7 @@ __all__ = [
     "COMMAND_ID",
     "MAX_TIMEOUT_MS",
     "MIN_TIMEOUT_MS",
+    "TERMINAL",
     "Command",
     "CommandState",
     "advance",

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     INVALID_STATE = "invalid_state"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    TOO_MANY_COMMANDS = "too_many_commands"
     INTERNAL = "internal_error"
 
 
@@ -55,6 +56,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
                              "finished, timed out, or accepted by another replica); the message names the state.",
     ErrorCode.AUDIT_UNAVAILABLE: "The audit trail cannot record the command (`AUDIT_OVERFLOW=refuse` and the "
                                  "database is down past `AUDIT_BUFFER`); nothing was sent.",
+    ErrorCode.TOO_MANY_COMMANDS: "The user already has `BOT_COMMAND_MAX_OPEN` commands sent through this gateway "
+                                 "node that have not finished (nor passed their deadline); nothing was sent: wait "
+                                 "for a result.",
     ErrorCode.INTERNAL: "The gateway failed to handle the request; retry later.",
 }
 

@@ -115,6 +115,39 @@ def test_a_resend_with_the_same_command_id_is_answered_not_sent_again(gw):
     service.close(), user.close()
 
 
+def test_a_user_may_have_only_so_many_unfinished_commands():
+    # BOT_COMMAND_MAX_OPEN=2: the third unfinished command of one user is refused and not sent; a result
+    # (or a deadline) frees its place; other users are not held back by it.
+    with GatewayProcess({"BOT_COMMAND_MAX_OPEN": "2"}) as g:
+        service = _service(g, "engine-cap")
+        user, other = _connect(g, "cap"), _connect(g, "uncapped")
+        first = _command(user, "cap-1", commandId="c1")
+        _command(user, "cap-1", commandId="c2")
+        refused = _command(user, "cap-1", commandId="c3")
+        assert refused["type"] == "error" and refused["code"] == "too_many_commands", refused
+        assert _command(other, "free-1", commandId="o1")["data"]["state"] == "sent"
+        got = [service.recv_until(lambda m: m.get("channel") == "bot-commands")["data"] for _ in range(3)]
+        assert [c["commandId"] for c in got] == ["c1", "c2", "o1"]  # c3 never reached the service
+        # A resend of an unfinished one is still answered from its record.
+        assert _command(user, "cap-1", commandId="c2")["data"]["duplicate"] is True
+        _report(service, got[0], "succeeded")
+        _result(user, first["data"]["commandId"], "succeeded")
+        assert _command(user, "cap-1", commandId="c3")["data"] == {"commandId": "c3", "state": "sent",
+                                                                   "duplicate": False, "deliveredTo": 1}
+        assert service.recv_until(lambda m: m.get("channel") == "bot-commands")["data"]["commandId"] == "c3"
+        assert _command(user, "cap-1", commandId="c4")["code"] == "too_many_commands"  # full again: c2, c3
+        for m in (service, user, other):
+            m.close()
+    with GatewayProcess({"BOT_COMMAND_MAX_OPEN": "1"}) as g:  # a command past its deadline stops counting
+        service = _service(g, "engine-cap")
+        user = _connect(g, "cap")
+        assert _command(user, "cap-1", commandId="d1", timeoutMs=1000)["data"]["state"] == "sent"
+        assert _command(user, "cap-1", commandId="d2")["code"] == "too_many_commands"
+        _result(user, "d1", "timed_out", timeout=5.0)
+        assert _command(user, "cap-1", commandId="d2")["data"]["state"] == "sent"
+        service.close(), user.close()
+
+
 def test_the_most_specific_owner_gets_the_command_and_only_it(gw):
     broad = _service(gw, "engine-broad")  # no serves claim: every bot
     grid = _service(gw, "engine-grid", serves=["grid-*"])

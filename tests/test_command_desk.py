@@ -81,6 +81,30 @@ def test_no_owner_connected_is_no_service_and_nothing_is_stored():
     assert info.value.code is ErrorCode.NOT_FOUND
 
 
+def test_unfinished_commands_per_user_are_capped_and_a_result_from_any_node_frees_one():
+    d, _, _, audited, published = desk()
+    d.max_open = 2
+    d.submit(USER, "s1", BotCommand("b", "start", {}, "r1", "k1"))
+    d.submit(USER, "s1", BotCommand("b", "start", {}, "r2", "k2"))
+    with pytest.raises(ProtocolError) as info:
+        d.submit(USER, "s1", BotCommand("b", "start", {}, "r3", "k3"))
+    assert info.value.code is ErrorCode.TOO_MANY_COMMANDS and info.value.request_id == "r3"
+    assert len(published) == 2 and len(audited) == 2
+    d.submit(Principal("bob", 2e9), "s2", BotCommand("b", "start", {}, "r4", "k1"))  # another user: not held
+    # k1 finished on another node: its result arrives through the broker.
+    d.result_published({"userId": "ann", "result": {"commandId": "k1", "state": "accepted"}})
+    with pytest.raises(ProtocolError):  # accepted is not finished
+        d.submit(USER, "s1", BotCommand("b", "start", {}, "r5", "k3"))
+    d.result_published({"userId": "ann", "result": {"commandId": "k1", "state": "succeeded"}})
+    (ack, _), = d.submit(USER, "s1", BotCommand("b", "start", {}, "r6", "k3"))
+    assert '"state":"sent"' in ack
+    # Finished here: a report frees a place too.
+    d.report(Principal("engine", 2e9, role="service"),
+             BotCommandReport("k2", "ann", CommandState.FAILED, None, "r7"))
+    d.submit(USER, "s1", BotCommand("b", "start", {}, "r8", "k4"))
+    d.stop()
+
+
 def test_the_deadline_times_a_command_out_once_and_a_late_report_is_refused():
     d, _, clock, audited, published = desk()
     d.submit(USER, "s1", BotCommand("b", "start", {}, None, "c-3", 5_000))

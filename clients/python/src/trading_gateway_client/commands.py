@@ -22,7 +22,7 @@ not reached a final state:
   delivered is dropped. ``sent`` is the ack, not a result;
 * a final state ends tracking; so does a refusal (:class:`BotCommandRefused`):
   ``no_service``, ``forbidden``, ``conflict``, ``invalid_message``,
-  ``audit_unavailable``, or ``not_found`` to a status query (the gateway
+  ``audit_unavailable``, ``too_many_commands``, or ``not_found`` to a status query (the gateway
   lost the command, or it finished more than an hour ago: its outcome is
   unknown).
   ``rate_limited``, ``internal_error`` and a ``no_service`` saying the

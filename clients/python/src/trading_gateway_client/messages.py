@@ -255,9 +255,9 @@ class BotCommandRefused:
     """A tracked command the gateway will not carry (an event of the client; it stops tracking it).
 
     ``code``: the ``error`` the gateway answered to the ``bot_command`` (``no_service``, ``forbidden``,
-    ``conflict``, ``invalid_message``, ``audit_unavailable``), or ``not_found`` to the status query after a
-    reconnect: the gateway no longer knows the command (its record was lost or is older than a day), so
-    its outcome is unknown.
+    ``conflict``, ``invalid_message``, ``audit_unavailable``, ``too_many_commands``), or ``not_found`` to
+    the status query after a reconnect: the gateway no longer knows the command (its record was lost or
+    is older than an hour), so its outcome is unknown.
     """
 
     command_id: str
