@@ -1309,7 +1309,12 @@ def test_the_examples_run_against_a_demo_gateway(stoppers):
                              capture_output=True, text=True, timeout=25)
     finally:
         service.send_signal(signal.SIGINT)
-        out, _ = service.communicate(timeout=10)
+        try:  # its client's close waits up to 2 x 5 s for the gateway's answer (a loaded machine: seconds)
+            out, _ = service.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            out, _ = service.communicate()
+            raise AssertionError(f"the service did not stop within 30 s of SIGINT:\n{out}") from None
     assert bot.returncode == 0, bot.stdout + bot.stderr
     assert "command start sent to bot-3: 1 service(s) got it" in bot.stdout
     states = re.findall(r"^command start for bot-3: (\w+)", bot.stdout, re.MULTILINE)
