@@ -23,7 +23,6 @@ import os
 import queue
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -1275,13 +1274,8 @@ def test_an_operator_disconnect_is_reconnected_and_a_revoked_token_is_replaced_o
 
 
 @pytest.mark.slow
-def test_the_client_installs_alone_without_gevent(tmp_path):
-    source, venv = tmp_path / "client", tmp_path / "venv"
-    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build", "dist"))
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
-                   check=True, timeout=600)
+def test_the_client_installs_alone_without_gevent(tmp_path, background_install):
+    python = str(background_install["client"].result())  # a fresh venv, built from the start of the run
     probe = ("import importlib.util, sys, trading_gateway_client as t; "
              "print(t.__version__, importlib.util.find_spec('gevent') is None, "
              "any(m.split('.')[0] in ('gevent', 'protocol', 'gateway') for m in sys.modules))")

@@ -10,51 +10,30 @@ the dashboard it serves at ``/`` can only come from the package data.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
 import pytest
 
 from gateway.config import VARIABLES
+from tests.installs import Background, clean_env
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "dist", "*.egg-info", "__pycache__",
-                                     "node_modules", ".pytest_cache", ".hypothesis", ".ruff_cache", ".demo")
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment without this test run's virtualenv or paths."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
-    return {**env, **extra}
+_clean_env = clean_env
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The bin/ directory of a fresh virtualenv with the wheel installed."""
-    base = tmp_path_factory.mktemp("install")
-    source, dist, venv = base / "src", base / "dist", base / "venv"
-    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
-    env = _clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(source)],
-                   check=True, env=env, timeout=300)
-    wheels = list(dist.glob("trading_ws_gateway-*.whl"))
-    assert len(wheels) == 1
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheels[0])],
-                   check=True, env=env, timeout=600)
-    yield venv / "bin"
+def installed(background_install: dict[str, Background]) -> Path:
+    """The bin/ directory of a fresh virtualenv with the wheel installed (built in the background from
+    the start of the run: tests/installs.py)."""
+    return background_install["gateway"].result()
 
 
 def _get(url: str) -> tuple[int, bytes]:
