@@ -158,3 +158,58 @@ def test_frame_reader_close_and_binary():
     out = _messages([masked_frame(0x2, b"\x00\x01", fin=False), masked_frame(0x0, b"\x02"),
                      masked_frame(0x8, b"\x03\xe8bye")])
     assert out == [(Opcode.BINARY, b"\x00\x01\x02"), (Opcode.CLOSE, (1000, "bye"))]
+
+
+# --- after a refused frame: reading on to the peer's close --------------------------------------------
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if b > a]
+
+
+def _close_after_refusal(chunks: list[bytes], max_size: int) -> tuple[int, tuple[int | None, str] | None, bool]:
+    """Feed ``chunks`` as a connection does: the first FrameError stops the reader, the rest goes to
+    find_close. (refused code, the close found, whether it was found only with the last chunk)."""
+    reader, refused, found, at = FrameReader(max_size), None, None, -1
+    for i, chunk in enumerate(chunks):
+        if refused is None:
+            try:
+                list(reader.feed(chunk))
+                continue
+            except FrameError as exc:
+                refused = exc.code
+                reader.stopped()
+                chunk = b""
+        if found is None and reader.in_step:
+            found = reader.find_close(chunk)
+            at = i
+    assert refused is not None
+    return refused, found, at == len(chunks) - 1
+
+
+@given(st.integers(101, 5000), st.lists(st.binary(max_size=300), max_size=4), st.integers(1000, 1015),
+       st.lists(st.integers(0, 10_000), max_size=12))
+def test_after_an_oversized_frame_the_peers_close_is_found_however_the_bytes_are_cut(size, more, code, cuts):
+    # The client's oversized frame (its length refused from the header), frames it had already sent
+    # after it, then its answer to our close: found exactly when its last byte has arrived.
+    code = 1000 if code in (1004, 1005, 1006, 1015) else code
+    wire = masked_frame(0x2, b"x" * size) + b"".join(masked_frame(0x1, m) for m in more)
+    close = masked_frame(0x8, code.to_bytes(2, "big") + b"bye")
+    refused, found, last = _close_after_refusal(_cut(wire + close, cuts), max_size=100)
+    assert refused == 1009 and found == (code, "bye") and last
+
+
+def test_after_a_frame_refused_whole_the_peers_close_is_found():
+    # Invalid UTF-8 (1007): the frame was read whole, the reader knows where the next one starts.
+    refused, found, _ = _close_after_refusal([masked_frame(0x1, b"\xff") + masked_frame(0x8, b"\x03\xf1")],
+                                             max_size=1024)
+    assert (refused, found) == (1007, (1009, ""))
+
+
+def test_after_garbage_the_reader_is_out_of_step_and_finds_nothing():
+    reader = FrameReader(1024)
+    with pytest.raises(FrameError):
+        list(reader.feed(b"\x81\x05hello"))  # not masked: 1002, nothing to stay in step with
+    reader.stopped()
+    assert not reader.in_step

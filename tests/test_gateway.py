@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -314,6 +315,24 @@ def test_oversized_frame_is_refused_from_its_header_1009(gw):
     sock.sendall(bytes((0x81, 0x80 | 127)) + (1 << 30).to_bytes(8, "big") + b"mask")
     opcode, payload = sock.read_frame()
     assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009
+    sock.close()
+
+
+def test_after_a_1009_the_clients_close_reply_ends_the_connection_at_once(gw):
+    # The client sends a whole oversized frame (1 MiB over a 64 KiB limit), reads the 1009, answers with
+    # its close frame: the server passes over the frame's bytes, reads the answer and closes TCP then, not
+    # at its close deadline (2 x 2 s: before this change every 1009 ended there).
+    sock, head = raw_upgrade(gw.port, f"/ws?token={gw.token('lea')}")
+    assert head.startswith("HTTP/1.1 101")
+    sock.read_frame()
+    sock.sendall(masked_frame(0x2, os.urandom(1 << 20)))
+    opcode, payload = sock.read_frame()
+    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009
+    sock.sendall(masked_frame(0x8, (1009).to_bytes(2, "big")))
+    answered = time.monotonic()
+    sock.settimeout(10)
+    assert sock.recv(1) == b""  # the server closed the connection
+    assert time.monotonic() - answered < 3.0, "the server waited for its close deadline"
     sock.close()
 
 

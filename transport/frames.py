@@ -165,6 +165,9 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
     return code, reason
 
 
+_ANY_SIZE = 1 << 63  # find_close passes over frames of any length
+
+
 class FrameReader:
     """A client's bytes in, whole messages and control frames out (RFC 6455 §5.2-5.5).
 
@@ -173,12 +176,15 @@ class FrameReader:
     with ``bytes`` (fragments joined), ``PING``/``PONG`` with their payload,
     ``CLOSE`` with ``(code, reason)``. A partial frame waits for the next
     call. A frame that breaks the protocol raises :class:`FrameError` when
-    it is reached (what came before it has been yielded); the reader must
-    not be fed after that. A connection's reader holds only its unfinished
-    bytes and fragments: nothing while the connection is idle.
+    it is reached (what came before it has been yielded); :meth:`feed` must
+    not be called after that. After :meth:`stopped`, :meth:`find_close`
+    reads on to the peer's answer to our close frame, when the reader is
+    still in step with the frames (:attr:`in_step`). A connection's reader
+    holds only its unfinished bytes and fragments: nothing while the
+    connection is idle.
     """
 
-    __slots__ = ("_buf", "_decoder", "_opcode", "_parts", "_size", "max_size")
+    __slots__ = ("_buf", "_decoder", "_mark", "_opcode", "_parts", "_size", "_skip", "in_step", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -187,6 +193,9 @@ class FrameReader:
         self._parts: list[bytes] = []
         self._size = 0
         self._decoder: Any = None
+        self._mark: tuple[bytes, int] = (b"", 0)  # (bytes, where the next frame starts) at the last yield
+        self._skip = 0  # payload bytes still to pass over (find_close)
+        self.in_step = False  # after a FrameError: the next frame's start is known
 
     @property
     def in_progress(self) -> bool:
@@ -198,7 +207,13 @@ class FrameReader:
         self._buf = b""
         pos, end = 0, len(buf)
         while pos < end:
-            header = parse_header(buf[pos : pos + 14], max_size=self.max_size)  # a header is at most 14 bytes
+            try:
+                header = parse_header(buf[pos : pos + 14], max_size=self.max_size)  # a header is at most 14 bytes
+            except FrameError as exc:
+                # 1009 from the header: the frame's length is known, so it can be passed over (find_close);
+                # the other header errors leave nothing to stay in step with.
+                self._mark, self.in_step = (buf, pos), exc.code == 1009
+                raise
             if not isinstance(header, FrameHeader):
                 break
             start = pos + header.header_size
@@ -206,10 +221,54 @@ class FrameReader:
             if stop > end:
                 break
             pos = stop
+            self._mark = (buf, pos)  # a frame refused from here on was read whole: the next starts at pos
+            self.in_step = True
             result = self._frame(header, unmask(buf[start:stop], header.mask))
             if result is not None:
                 yield result
         self._buf = buf[pos:]
+
+    def stopped(self) -> None:
+        """After a :class:`FrameError` (from :meth:`feed`, or raised by its caller for the frame it was
+        handed): keep the unread bytes for :meth:`find_close`."""
+        buf, pos = self._mark
+        self._buf, self._mark = buf[pos:], (b"", 0)
+        self._opcode, self._parts, self._size, self._decoder = None, [], 0, None
+
+    def find_close(self, data: bytes) -> tuple[int | None, str] | None:
+        """After :meth:`stopped`, with :attr:`in_step`: pass over every frame (any size) up to the peer's
+        close frame and return its ``(code, reason)`` (``(None, "")`` if it is malformed: it is the end all
+        the same), or ``None`` while it has not come. Bytes that are not frames leave :attr:`in_step`
+        False (the caller then waits for the close deadline)."""
+        buf = self._buf + data if self._buf else data
+        pos, end = 0, len(buf)
+        while True:
+            if self._skip:
+                passed = min(self._skip, end - pos)
+                pos += passed
+                self._skip -= passed
+                if self._skip:
+                    break
+            try:
+                header = parse_header(buf[pos : pos + 14], max_size=_ANY_SIZE)
+            except FrameError:
+                self.in_step, self._buf = False, b""
+                return None
+            if not isinstance(header, FrameHeader):
+                break
+            start = pos + header.header_size
+            if header.opcode == Opcode.CLOSE:
+                stop = start + header.length
+                if stop > end:
+                    break
+                self._buf = b""
+                try:
+                    return parse_close(unmask(buf[start:stop], header.mask))
+                except FrameError:
+                    return None, ""
+            pos, self._skip = start, header.length
+        self._buf = buf[pos:]
+        return None
 
     def _frame(self, header: FrameHeader, payload: bytes) -> tuple[Opcode, Any] | None:
         op = header.opcode

@@ -166,6 +166,8 @@ class WebSocketConnection:
     def _received(self, data: bytes) -> None:
         self.last_activity = gevent.get_hub().loop.now()
         if self._error is not None or self._ended:
+            if not self._ended and self.reader.in_step:
+                self._await_close_reply(data)
             return
         try:
             for opcode, value in self.reader.feed(data):
@@ -186,12 +188,21 @@ class WebSocketConnection:
             else:
                 self.message_since = None
         except FrameError as exc:
-            # Close with the code, then discard input until the peer closes
-            # (or the close deadline shuts the socket): closing with unread
-            # input would make the kernel send RST, and the client might never
-            # see the close code (reliability-and-security §7).
+            # Close with the code, then read on until the peer answers our close frame (or the close
+            # deadline shuts the socket): closing with unread input would make the kernel send RST, and
+            # the client might never see the close code (reliability-and-security §7). While the reader
+            # still knows where frames start (an oversized frame is passed over, length from its
+            # header), the peer's close ends the connection at once; otherwise input is discarded.
             self._error = exc
+            self.reader.stopped()
             self.close(exc.code, exc.reason)
+            if self.reader.in_step:
+                self._await_close_reply(b"")
+
+    def _await_close_reply(self, data: bytes) -> None:
+        found = self.reader.find_close(data)
+        if found is not None:
+            self._peer_closed(*found)
 
     def _ping_allowed(self) -> bool:
         if self._pings is None:
