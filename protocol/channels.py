@@ -64,6 +64,8 @@ BROKERED_CHANNELS = PRIVATE_CHANNELS | SERVICE_CHANNELS
 
 EXCHANGES = frozenset({"bybit"})
 CATEGORIES = frozenset({"spot", "linear"})
+# What clients may name (books of 1000 levels are not offered: clients get 25 levels a side). The
+# exchange's own table is market/bybit.py's; tests/test_protocol.py checks this one is part of it.
 ORDERBOOK_DEPTHS = {"spot": frozenset({1, 50, 200}), "linear": frozenset({1, 50, 200})}
 KLINE_INTERVALS = frozenset({"1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M"})
 DEFAULT_ORDERBOOK_DEPTH = 50

@@ -139,3 +139,17 @@ def test_command_messages_parse_to_their_type_or_one_protocol_error(kind, data):
     else:
         assert msg.params == data.get("params", {}) and msg.command_id == data.get("commandId")
         assert msg.timeout_ms is None or 1000 <= msg.timeout_ms <= 600_000
+
+
+def test_what_clients_may_ask_for_is_what_the_exchange_serves():
+    # Two tables with two jobs: the client vocabulary (protocol/channels.py: what the gateway offers; books
+    # of 1000 levels are not, since clients get 25) and the exchange's (market/bybit.py). Every depth and
+    # interval a client may name must be one the exchange module subscribes; the bridge does no mapping.
+    from market.bybit import KLINE_INTERVALS as EXCHANGE_INTERVALS
+    from market.bybit import ORDERBOOK_DEPTHS as EXCHANGE_DEPTHS
+    from market.model import Category
+    from protocol.channels import CATEGORIES, KLINE_INTERVALS, ORDERBOOK_DEPTHS
+
+    for category in CATEGORIES:
+        assert ORDERBOOK_DEPTHS[category] <= EXCHANGE_DEPTHS[Category(category)], category
+    assert KLINE_INTERVALS == frozenset(EXCHANGE_INTERVALS)
