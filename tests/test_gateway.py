@@ -530,7 +530,9 @@ def test_slow_consumer_is_cut_with_4001_and_others_keep_their_data():
             time.sleep(0.05)
         metrics = http("GET", g.http + "/metrics")[2].decode()
         assert 'ws_close_codes_total{code="4001"} 1.0' in metrics
-        assert float(metrics.split('ws_messages_dropped_total{reason="slow_consumer"} ')[1].split()[0]) > 100
+        # How many were dropped depends on how much of the 15 MB the kernel's autotuned socket buffers took
+        # (98 of the 250 were dropped in one CI run, where "> 100" had been asserted); some always are.
+        assert float(metrics.split('ws_messages_dropped_total{reason="slow_consumer"} ')[1].split()[0]) > 0
         # Reading at last, it finds what the kernel buffered and then the end of the connection.
         stalled.settimeout(10)
         while stalled.recv(1 << 20):
