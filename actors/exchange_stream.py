@@ -355,6 +355,7 @@ class ExchangeStreamActor(SupervisedActor):
         # Books (and, while behind, tickers) changed in this read -> when received (emitted at its end)
         self._changed_books: dict[str, float] = {}
         self._changed_tickers: dict[str, float] = {}
+        self._snapshot_books: set[str] = set()  # books that took a snapshot in this read: their view is a reset
         self._replaced = 0  # views and tickers of this read replaced while behind (conflated)
         self._conflated = metrics.conflated.labels("channel") if metrics else None
         self._bad = ({reason: metrics.upstream_bad_messages.labels(self.exchange, reason.value)
@@ -802,10 +803,11 @@ class ExchangeStreamActor(SupervisedActor):
             self._replaced = 0
         if self._changed_books:
             changed, self._changed_books = self._changed_books, {}
+            snapshots, self._snapshot_books = self._snapshot_books, set()
             for topic, received in changed.items():
                 book = self.books.get(topic)  # (gone, or a new one, if the topic resynced since)
                 if book is not None:
-                    self._emit_view(topic, book, received)
+                    self._emit_view(topic, book, received, topic in snapshots)
         if self._changed_tickers:
             changed, self._changed_tickers = self._changed_tickers, {}
             for topic, received in changed.items():
@@ -813,8 +815,10 @@ class ExchangeStreamActor(SupervisedActor):
                 if ticker is not None:
                     self._emit_ticker(topic, ticker, received)
 
-    def _emit_view(self, topic: str, book: OrderBook, received: float) -> None:
-        text = book.view_json(min(self.settings.book_levels, book.depth), int(received * 1000))
+    def _emit_view(self, topic: str, book: OrderBook, received: float, reset: bool) -> None:
+        # ``reset``: a snapshot was among the read's updates (deltas after it in the same read do not
+        # take the flag away: clients wait for a reset view after a resync, docs/protocol.md).
+        text = book.view_json(min(self.settings.book_levels, book.depth), int(received * 1000), reset)
         if text is not None:
             self._emit(topic, RawJson(text), book.ts, received)
 
@@ -879,6 +883,8 @@ class ExchangeStreamActor(SupervisedActor):
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")
             return
         self._resyncing.pop(topic, None)
+        if update.snapshot:
+            self._snapshot_books.add(topic)
         # Its view is made at the end of the read, once for the read's newest state (a view per
         # delta cost ~20 % more CPU per exchange message in (f), docs/performance.md); counted as
         # conflation only while the stream is behind.

@@ -334,9 +334,11 @@ class OrderBook:
             reset=self._reset,
         )
 
-    def view_json(self, top_n: int, received_ms: int) -> str | None:
+    def view_json(self, top_n: int, received_ms: int, reset: bool | None = None) -> str | None:
         """:meth:`view`'s JSON (:meth:`OrderBookView.to_json_text`) made straight from the
-        book, without the view's objects; ``None`` when not synced. The hot path of ingest."""
+        book, without the view's objects; ``None`` when not synced. The hot path of ingest.
+        ``reset``: the caller's say (a view made once for several updates is a reset if any of
+        them was a snapshot), else whether the last update was one."""
         update_id = self._update_id
         if not self._synced or update_id is None:
             return None
@@ -344,7 +346,8 @@ class OrderBook:
         return (f'{{"symbol":"{self.symbol}","category":"{self.category}","depth":{self.depth},'
                 f'"bids":[{self._bids.top_json(top_n)}],"asks":[{self._asks.top_json(top_n)}],'
                 f'"updateId":{update_id},"seq":{seq},"ts":{self._ts},'
-                f'"reset":{"true" if self._reset else "false"},"receivedAt":{received_ms}}}')
+                f'"reset":{"true" if (self._reset if reset is None else reset) else "false"},'
+                f'"receivedAt":{received_ms}}}')
 
     def best_bid(self) -> BookLevel | None:
         top = self._bids.top(1)

@@ -13,6 +13,8 @@ the ``ws_market_data_conflated_total{stage="channel"}`` it counts:
   read's tickers are conflated per symbol until the backlog is handled,
   every conflated one is counted, the last read emits every ticker, and
   the newest value of each symbol always goes out.
+
+And a book's one view per read is a reset when the read held its snapshot.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import metrics.definitions as md
-from actors.exchange_stream import INBOX_HIGH, ExchangeStreamActor, MarketData, StreamSettings, UpstreamLost
+from actors.exchange_stream import (
+    INBOX_HIGH,
+    ExchangeStreamActor,
+    MarketData,
+    StreamSettings,
+    UpstreamFrames,
+    UpstreamLost,
+)
 from market.bybit import BYBIT
 from transport.frames import Opcode, encode_frame
 
@@ -155,3 +164,31 @@ def test_after_catching_up_a_stream_emits_every_ticker_again():
     emitted, conflated = _run(_Socket(chunks, yield_every=10 ** 6, paced_from=25))
     assert conflated > 0
     assert emitted[-1000:] == sent[-1000:]
+
+
+def _book(kind: str, u: int, bid: str) -> bytes:
+    return json.dumps({"topic": "orderbook.50.BTCUSDT", "type": kind, "ts": 1673853746003 + u, "cts": 1,
+                       "data": {"s": "BTCUSDT", "b": [[bid, "1"]], "a": [["30000.5", "2"]], "u": u, "seq": u}},
+                      separators=(",", ":")).encode()
+
+
+def test_a_snapshot_and_deltas_in_one_read_give_one_view_that_is_a_reset():
+    # A book's view is made once per read, for its newest state; when the read held the snapshot (the
+    # first after a subscribe or a resync), that view says reset: true even though deltas followed it.
+    views: list[dict[str, Any]] = []
+
+    def sink(item: Any) -> None:
+        if isinstance(item, MarketData):
+            views.append(json.loads(str(item.data)))
+
+    actor = ExchangeStreamActor(_Ctx(), BYBIT, "spot", StreamSettings(url="ws://127.0.0.1:1"), _Ref(), (), None,
+                                sink=sink)
+    actor.wanted.add("orderbook.50.BTCUSDT")
+    actor.subscribed.add("orderbook.50.BTCUSDT")
+    read = [_book("snapshot", 100, "29999.5"), _book("delta", 101, "29999.6"), _book("delta", 102, "29999.7")]
+    actor._queued = len(read)  # as the reader counts what it told
+    actor.on_receive(UpstreamFrames(actor.conn, read, 1.0))
+    actor._queued = 1
+    actor.on_receive(UpstreamFrames(actor.conn, [_book("delta", 103, "29999.8")], 1.0))
+    assert [(v["updateId"], v["reset"]) for v in views] == [(102, True), (103, False)]
+    assert views[0]["bids"][0] == ["29999.7", "1"]
