@@ -192,3 +192,33 @@ def test_a_snapshot_and_deltas_in_one_read_give_one_view_that_is_a_reset():
     actor.on_receive(UpstreamFrames(actor.conn, [_book("delta", 103, "29999.8")], 1.0))
     assert [(v["updateId"], v["reset"]) for v in views] == [(102, True), (103, False)]
     assert views[0]["bids"][0] == ["29999.7", "1"]
+
+
+def test_an_update_whose_direct_publish_fails_goes_through_the_channels_inbox(caplog):
+    # MarketPublisher calls the local channel object directly; if that call raises (a bug), the update
+    # is logged and sent again through the hub (the channel's inbox, under its supervision): not lost.
+    from actors.bridge import MarketPublisher
+    from actors.messages import Publish
+    from protocol.channels import market_key
+
+    key = market_key("bybit", "spot", "BTCUSDT", "ticker")
+
+    class Broken:
+        def publish_data(self, *args: Any) -> bool:
+            raise RuntimeError("a bug in the channel")
+
+    class Hub:
+        def __init__(self) -> None:
+            self.local_channels = {key: Broken()}
+            self.sent: list[tuple[Any, Any]] = []
+
+        def publish(self, k: Any, message: Any) -> bool:
+            self.sent.append((k, message))
+            return True
+
+    hub = Hub()
+    publisher = MarketPublisher(hub)
+    publisher.handle(MarketData("bybit", "spot", "tickers.BTCUSDT", {"lastPrice": "1.5"}, 1000, 1001))
+    ((sent_key, message),) = hub.sent
+    assert sent_key == key and isinstance(message, Publish) and message.data == {"lastPrice": "1.5"}
+    assert "publishing to" in caplog.text and "directly failed" in caplog.text
