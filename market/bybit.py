@@ -709,6 +709,15 @@ _TICKER_DECIMALS: Final = (
 )
 
 
+def _funding_time(value: object) -> int | None:
+    """``nextFundingTime``: ms as an int or digits (linear sends text); ``""`` is no value."""
+    if value == "":
+        return None
+    if type(value) is int or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        return int(value)
+    raise BybitProtocolError(f"nextFundingTime is not a millisecond time: {_show(value)}")
+
+
 def normalize_ticker(message: TopicMessage, category: Category | str) -> TickerUpdate:
     """A ``tickers.{symbol}`` message as a :class:`TickerUpdate`.
 
@@ -741,13 +750,7 @@ def normalize_ticker(message: TopicMessage, category: Category | str) -> TickerU
             value = data[key]
             changes[name] = None if value == "" else _decimal(value, key)
     if "nextFundingTime" in data:
-        value = data["nextFundingTime"]
-        if value == "":
-            changes["next_funding_time"] = None
-        elif type(value) is int or (isinstance(value, str) and value.isascii() and value.isdigit()):
-            changes["next_funding_time"] = int(value)
-        else:
-            raise BybitProtocolError(f"nextFundingTime is not a millisecond time: {_show(value)}")
+        changes["next_funding_time"] = _funding_time(data["nextFundingTime"])
     snapshot = message.type is MessageType.SNAPSHOT
     if changes.get("last_price", 0) is None or (snapshot and "last_price" not in changes):
         raise BybitProtocolError(f"ticker {message.type} without lastPrice for {topic.symbol}")
@@ -962,13 +965,7 @@ def _decode_ticker(message: TopicMessage, topic: Topic) -> TickerFields:
             value = data[key]
             fields[name] = None if value == "" else _checked_text(value, key, kind)
     if "nextFundingTime" in data:
-        value = data["nextFundingTime"]
-        if value == "":
-            fields["nextFundingTime"] = None
-        elif type(value) is int or (isinstance(value, str) and value.isascii() and value.isdigit()):
-            fields["nextFundingTime"] = int(value)
-        else:
-            raise BybitProtocolError(f"nextFundingTime is not a millisecond time: {_show(value)}")
+        fields["nextFundingTime"] = _funding_time(data["nextFundingTime"])
     snapshot = message.type is MessageType.SNAPSHOT
     if fields.get("lastPrice", 0) is None or (snapshot and "lastPrice" not in fields):
         raise BybitProtocolError(f"ticker {message.type} without lastPrice for {topic.symbol}")
