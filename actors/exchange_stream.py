@@ -105,7 +105,7 @@ from market.exchange import (
     TradeItems,
 )
 from market.model import Category, Kline
-from market.orderbook import OrderBook
+from market.orderbook import BookGap, OrderBook
 from market.ticker import TickerTexts
 from protocol.messages import RawJson
 from supervision import ChildContext, ExpectedFailure, SupervisedActor
@@ -347,6 +347,7 @@ class ExchangeStreamActor(SupervisedActor):
         self._messages = metrics.exchange_messages.labels(self.exchange, category) if metrics else None
         self._depth = metrics.internal_queue_depth.labels("exchange_stream") if metrics else None
         self._parse, self._decode = protocol.parse, protocol.decode
+        self._apply_book_delta = protocol.apply_book_delta
         self._queued = 0  # frames told to this actor by its reader and not handled yet
         self._topic_frames = 0  # data frames of this read, counted at its end
         self._emitted = 7  # updates handed on (the first one's lag is sampled)
@@ -656,6 +657,17 @@ class ExchangeStreamActor(SupervisedActor):
 
     def _on_frame(self, text: str | bytes, received: float) -> None:
         self.last_frame = now = time.monotonic()
+        if self.books and type(text) is bytes:
+            # An order-book delta for a book held: straight into it (``None``: anything else, or
+            # not on the fast path, and nothing changed). A book is held only while its topic is
+            # wanted and not resyncing (_forget and _resync drop it), so the checks of _on_topic
+            # and _on_book before the book hold for it.
+            applied = self._apply_book_delta(text, self.books)
+            if applied is not None:
+                self.last_data = now
+                self._topic_frames += 1
+                self._book_changed(*applied, received)
+                return
         try:
             event = self._parse(text)
         except ExchangeProtocolError as exc:
@@ -879,18 +891,24 @@ class ExchangeStreamActor(SupervisedActor):
         if book is None:
             book = self.books[topic] = OrderBook(self._category, update.symbol, update.depth)
         gap = book.apply_levels(update.snapshot, update.bids, update.asks, update.update_id, update.seq, update.ts)
+        if self._book_changed(topic, gap, received):
+            self._resyncing.pop(topic, None)
+            if update.snapshot:
+                self._snapshot_books.add(topic)
+
+    def _book_changed(self, topic: str, gap: BookGap | None, received: float) -> bool:
+        """After a book took an update: resync it on a gap (False), else note it changed in this read.
+
+        Its view is made at the end of the read, once for the read's newest state (a view per
+        delta cost ~20 % more CPU per exchange message in (f), docs/performance.md); counted as
+        conflation only while the stream is behind."""
         if gap is not None:
             self._resync(topic, f"order book {gap.reason}: expected u={gap.expected_update_id}, got {gap.update_id}")
-            return
-        self._resyncing.pop(topic, None)
-        if update.snapshot:
-            self._snapshot_books.add(topic)
-        # Its view is made at the end of the read, once for the read's newest state (a view per
-        # delta cost ~20 % more CPU per exchange message in (f), docs/performance.md); counted as
-        # conflation only while the stream is behind.
+            return False
         if self._behind and topic in self._changed_books:
             self._replaced += 1
         self._changed_books[topic] = received
+        return True
 
     def _resync(self, topic: str, reason: str) -> None:
         """A lost update: tell clients the book is reset, and resubscribe for a fresh snapshot.

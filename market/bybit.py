@@ -1108,5 +1108,20 @@ class BybitV5Public:
     def decode(self, message: TopicMessage, category: Category) -> Decoded:
         return decode(message, category)
 
+    def apply_book_delta(self, frame: bytes, books: dict[str, Any]) -> tuple[str, Any] | None:
+        """:func:`market._bybit_book.apply_book_delta` (compiled), or ``None`` (declined) where
+        it was not built: see :data:`FAST_BOOK`."""
+        return None
+
+
+try:  # the compiled order-book path (market/_bybit_book.pyx; docs/performance.md, (f))
+    from ._bybit_book import apply_book_delta as _apply_book_delta
+except ImportError:  # not built (no C compiler at install): the reference path does everything
+    _apply_book_delta = None
+
+#: Whether the compiled order-book path is in use (``/api/version`` and the ingest bench say so).
+FAST_BOOK: Final = _apply_book_delta is not None
+if _apply_book_delta is not None:
+    BybitV5Public.apply_book_delta = staticmethod(_apply_book_delta)  # type: ignore[method-assign]
 
 BYBIT: Final = BybitV5Public()

@@ -247,3 +247,12 @@ class ExchangeProtocol(Protocol):
         """:meth:`normalize`'s checks (form and range), the values kept as the exchange's
         text: what the exchange streams use. Same errors."""
         ...
+
+    def apply_book_delta(self, frame: bytes, books: dict[str, Any]) -> tuple[str, Any] | None:
+        """A fast path for the most common frame, an order-book delta: applied straight from the
+        frame's bytes to its book in ``books`` (:class:`~market.orderbook.OrderBook` by topic),
+        as :meth:`parse`, :meth:`decode` and :meth:`~market.orderbook.OrderBook.apply_levels`
+        would. ``None`` when declined (any other frame, anything unusual, no such path): nothing
+        was changed, take the reference path. Else ``(topic, gap)``, ``gap`` the
+        :class:`~market.orderbook.BookGap` or ``None`` when applied."""
+        ...

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "clients" / "python"
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "dist", "*.egg-info", "__pycache__",
-                                    "node_modules", ".pytest_cache", ".hypothesis", ".ruff_cache", ".demo")
+                                    "node_modules", ".pytest_cache", ".hypothesis", ".ruff_cache", ".demo",
+                                    "*.so")  # (the wheel builds its own)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

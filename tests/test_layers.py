@@ -46,7 +46,7 @@ INDEPENDENT = [("simulator", "market")]
 ENTRIES = [
     ROOT / "app.py", ROOT / "supervision.py",
     *[p for d in ("gateway", "actors", "_supervision", "simulator", "transport", "brokers", "audit", "protocol",
-                  "market", "metrics") for p in (ROOT / d).rglob("*.py")],
+                  "market", "metrics") for ext in ("*.py", "*.pyx") for p in (ROOT / d).rglob(ext)],
 ]
 
 
@@ -58,6 +58,8 @@ def _module(path: Path) -> str:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
+    if path.suffix == ".pyx":  # Cython: its Python imports, line by line (``cimport`` is C, not a module)
+        return _cython_imports(path)
     tree = ast.parse(path.read_text(), str(path))
     found = []
     for node in ast.walk(tree):
@@ -66,6 +68,18 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
             found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _cython_imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split()
+        if len(words) >= 4 and words[0] == "from" and words[2] == "import":
+            module = words[1] if not words[1].startswith(".") else f"{_module(path).rpartition('.')[0]}{words[1]}"
+            found += [(number, module), *((number, f"{module}.{name.strip(',')}") for name in words[3:])]
+        elif len(words) >= 2 and words[0] == "import":
+            found += [(number, name.strip(",")) for name in words[1:]]
     return found
 
 
@@ -131,4 +145,7 @@ def test_the_contract_catches_an_upward_import(tmp_path):
     assert _layer("protocol.messages") > _layer("gateway.hub")
     fake = tmp_path / "x.py"
     fake.write_text("from gateway.hub import Hub\nimport gevent\n")
+    assert [t for _, t in _imports(fake)] == ["gateway.hub", "gateway.hub.Hub", "gevent"]
+    fake = tmp_path / "x.pyx"
+    fake.write_text("from cpython.ref cimport PyObject\nfrom gateway.hub import Hub\nimport gevent\n")
     assert [t for _, t in _imports(fake)] == ["gateway.hub", "gateway.hub.Hub", "gevent"]

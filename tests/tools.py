@@ -24,3 +24,13 @@ def require_tool(*names: str, install: str) -> str:
     if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
         pytest.fail(message + " [GATEWAY_REQUIRE_TOOLS=1]", pytrace=False)
     pytest.skip(message)
+
+
+def require_built(what: str, missing: bool, install: str) -> None:
+    """Fail (CI) or skip when a compiled part of the package was not built."""
+    if not missing:
+        return
+    message = f"{what} was not built ({install})"
+    if os.environ.get("GATEWAY_REQUIRE_TOOLS") == "1":
+        pytest.fail(message + " [GATEWAY_REQUIRE_TOOLS=1]", pytrace=False)
+    pytest.skip(message)
