@@ -6,7 +6,7 @@ USER ?= demo
 
 .PHONY: run test check lint types imports token bench clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml market/_bybit_book.pyx  # (the .pyx: rebuilt in place)
+$(STAMP): setup.cfg setup.py pyproject.toml market/_bybit_fast.pyx  # (the .pyx: rebuilt in place)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -1,4 +1,4 @@
-"""The compiled part of the package: market/_bybit_book.pyx, the Bybit order-book fast path.
+"""The compiled part of the package: market/_bybit_fast.pyx, the Bybit order-book fast path.
 
 Everything else is in setup.cfg. The extension is optional: without a C
 compiler the install still succeeds (setuptools warns) and the reference
@@ -11,7 +11,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 setup(ext_modules=cythonize(
-    [Extension("market._bybit_book", ["market/_bybit_book.pyx"], optional=True)],
+    [Extension("market._bybit_fast", ["market/_bybit_fast.pyx"], optional=True)],
     language_level=3,
     quiet=True,
 ))

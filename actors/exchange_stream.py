@@ -347,7 +347,7 @@ class ExchangeStreamActor(SupervisedActor):
         self._messages = metrics.exchange_messages.labels(self.exchange, category) if metrics else None
         self._depth = metrics.internal_queue_depth.labels("exchange_stream") if metrics else None
         self._parse, self._decode = protocol.parse, protocol.decode
-        self._apply_book_delta = protocol.apply_book_delta
+        self._decode_frame = protocol.decode_frame
         self._queued = 0  # frames told to this actor by its reader and not handled yet
         self._topic_frames = 0  # data frames of this read, counted at its end
         self._emitted = 7  # updates handed on (the first one's lag is sampled)
@@ -657,16 +657,22 @@ class ExchangeStreamActor(SupervisedActor):
 
     def _on_frame(self, text: str | bytes, received: float) -> None:
         self.last_frame = now = time.monotonic()
-        if self.books and type(text) is bytes:
-            # An order-book delta for a book held: straight into it (``None``: anything else, or
-            # not on the fast path, and nothing changed). A book is held only while its topic is
-            # wanted and not resyncing (_forget and _resync drop it), so the checks of _on_topic
-            # and _on_book before the book hold for it.
-            applied = self._apply_book_delta(text, self.books)
-            if applied is not None:
+        if type(text) is bytes:
+            # The common frames (book deltas, tickers, trades) straight from their bytes (None:
+            # anything else, or not on the fast path, and nothing changed). It takes only topics
+            # wanted, and books held: a book is held only while its topic is wanted and not
+            # resyncing (_forget and _resync drop it), so _on_topic's checks hold for it.
+            fast = self._decode_frame(text, self.books, self.wanted, self.category)
+            if fast is not None:
                 self.last_data = now
                 self._topic_frames += 1
-                self._book_changed(*applied, received)
+                kind = fast[0]
+                if kind == 0:
+                    self._book_changed(fast[1], fast[2], received)
+                elif kind == 1:
+                    self._on_ticker(fast[1], fast[2], received)
+                else:
+                    self._on_trades(fast[1], fast[2], fast[3], fast[4], received)
                 return
         try:
             event = self._parse(text)
@@ -858,31 +864,37 @@ class ExchangeStreamActor(SupervisedActor):
         if kind is BookLevels:
             self._on_book(topic, update, received)  # type: ignore[arg-type]
         elif kind is TradeItems:
-            trades = update.trades  # type: ignore[union-attr]
-            if trades:
-                received_ms = int(received * 1000)
-                data = {"symbol": update.symbol, "category": self.category,  # type: ignore[union-attr]
-                        "trades": trades, "ts": message.ts, "receivedAt": received_ms}
-                self._emit(topic, RawJson(orjson.dumps(data).decode()), message.ts, received)
+            if update.trades:  # type: ignore[union-attr]
+                self._on_trades(topic, message.ts, update.symbol,  # type: ignore[union-attr]
+                                orjson.dumps(update.trades).decode(), received)  # type: ignore[union-attr]
         elif kind is TickerFields:
-            if topic in self._resyncing and not update.snapshot:  # type: ignore[union-attr]
-                return  # a delta from before the resync: wait for the new snapshot
-            ticker = self.tickers.apply(self.category, update)  # type: ignore[arg-type]
-            if ticker is None:
-                self._resync(topic, "ticker delta before snapshot")
-                return
-            self._resyncing.pop(topic, None)
-            if not self._behind:
-                self._emit_ticker(topic, ticker, received)
-            else:  # the newest of the read is emitted at its end
-                if topic in self._changed_tickers:
-                    self._replaced += 1
-                self._changed_tickers[topic] = received
+            self._on_ticker(topic, update, received)  # type: ignore[arg-type]
         elif isinstance(update, tuple) and update and isinstance(update[0], Kline):
             for kline in update:
                 data = kline.to_json_dict()
                 data["receivedAt"] = int(received * 1000)
                 self._emit(topic, data, message.ts, received)
+
+    def _on_trades(self, topic: str, ts: int, symbol: str, trades: str, received: float) -> None:
+        """``trades``: their JSON array, each in the client's shape (``Trade.to_json_dict``)."""
+        if trades != "[]":
+            self._emit(topic, RawJson(f'{{"symbol":"{symbol}","category":"{self.category}","trades":{trades},'
+                                      f'"ts":{ts},"receivedAt":{int(received * 1000)}}}'), ts, received)
+
+    def _on_ticker(self, topic: str, update: TickerFields, received: float) -> None:
+        if topic in self._resyncing and not update.snapshot:
+            return  # a delta from before the resync: wait for the new snapshot
+        ticker = self.tickers.apply(self.category, update)
+        if ticker is None:
+            self._resync(topic, "ticker delta before snapshot")
+            return
+        self._resyncing.pop(topic, None)
+        if not self._behind:
+            self._emit_ticker(topic, ticker, received)
+        else:  # the newest of the read is emitted at its end
+            if topic in self._changed_tickers:
+                self._replaced += 1
+            self._changed_tickers[topic] = received
 
     def _on_book(self, topic: str, update: BookLevels, received: float) -> None:
         if topic in self._resyncing and not update.snapshot:

@@ -29,7 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from brokers.broker import BrokerUnavailable, Outgoing, Stored
 from gateway.admin_api import blueprint as admin_blueprint
 from gateway.dashboard import blueprint as dashboard_blueprint
-from market.bybit import FAST_BOOK
+from market.bybit import COMPILED
 from protocol.auth import AuthError, Principal
 from protocol.channels import PRIVATE_CHANNELS, Channel, private_key
 from protocol.errors import ErrorCode, ProtocolError
@@ -306,8 +306,9 @@ def create_app(gateway: Any, *, health_checks: list[Callable[[], tuple[str, bool
     def version() -> Response:
         return jsonify({"name": "trading-ws-gateway", "version": VERSION, "protocol": "trading.v1",
                         "python": platform.python_version(),
-                        # the compiled order-book path (market/_bybit_book.pyx): false where it was not built
-                        "compiled": {"bybitOrderBook": FAST_BOOK}})
+                        # the compiled path for Bybit's common frames (market/_bybit_fast.pyx): false
+                        # where it was not built (no C compiler at install)
+                        "compiled": {"bybitFrames": COMPILED}})
 
     @app.get("/metrics")
     def metrics() -> Response:

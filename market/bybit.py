@@ -63,7 +63,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
@@ -1108,20 +1108,21 @@ class BybitV5Public:
     def decode(self, message: TopicMessage, category: Category) -> Decoded:
         return decode(message, category)
 
-    def apply_book_delta(self, frame: bytes, books: dict[str, Any]) -> tuple[str, Any] | None:
-        """:func:`market._bybit_book.apply_book_delta` (compiled), or ``None`` (declined) where
-        it was not built: see :data:`FAST_BOOK`."""
+    def decode_frame(self, frame: bytes, books: dict[str, Any], wanted: Container[str],
+                     category: str) -> tuple[Any, ...] | None:
+        """:func:`market._bybit_fast.decode_frame` (compiled), or ``None`` (declined) where it
+        was not built: see ``COMPILED`` (below the class)."""
         return None
 
 
-try:  # the compiled order-book path (market/_bybit_book.pyx; docs/performance.md, (f))
-    from ._bybit_book import apply_book_delta as _apply_book_delta
+try:  # the compiled path for the common frames (market/_bybit_fast.pyx; docs/performance.md, (f))
+    from ._bybit_fast import decode_frame as _decode_frame
+    from ._bybit_fast import use_ticker_table as _use_ticker_table
 except ImportError:  # not built (no C compiler at install): the reference path does everything
-    _apply_book_delta = None
-
-#: Whether the compiled order-book path is in use (``/api/version`` and the ingest bench say so).
-FAST_BOOK: Final = _apply_book_delta is not None
-if _apply_book_delta is not None:
-    BybitV5Public.apply_book_delta = staticmethod(_apply_book_delta)  # type: ignore[method-assign]
+    COMPILED = False
+else:
+    COMPILED = True
+    _use_ticker_table(_TICKER_TEXT)
+    BybitV5Public.decode_frame = staticmethod(_decode_frame)  # type: ignore[method-assign,assignment]
 
 BYBIT: Final = BybitV5Public()

@@ -32,7 +32,7 @@ category, say) is a plain :class:`ValueError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
@@ -248,11 +248,15 @@ class ExchangeProtocol(Protocol):
         text: what the exchange streams use. Same errors."""
         ...
 
-    def apply_book_delta(self, frame: bytes, books: dict[str, Any]) -> tuple[str, Any] | None:
-        """A fast path for the most common frame, an order-book delta: applied straight from the
-        frame's bytes to its book in ``books`` (:class:`~market.orderbook.OrderBook` by topic),
-        as :meth:`parse`, :meth:`decode` and :meth:`~market.orderbook.OrderBook.apply_levels`
-        would. ``None`` when declined (any other frame, anything unusual, no such path): nothing
-        was changed, take the reference path. Else ``(topic, gap)``, ``gap`` the
-        :class:`~market.orderbook.BookGap` or ``None`` when applied."""
+    def decode_frame(self, frame: bytes, books: dict[str, Any], wanted: Container[str],
+                     category: str) -> tuple[Any, ...] | None:
+        """A fast path for the common data frames (order-book deltas, tickers, trades): what
+        :meth:`parse` and :meth:`decode` make of ``frame``, straight from its bytes, and an
+        order-book delta applied to its book in ``books`` (:class:`~market.orderbook.OrderBook`
+        by topic) as :meth:`~market.orderbook.OrderBook.apply_levels` would. ``None`` when
+        declined (any other frame, anything unusual, or no such path here): nothing was
+        changed, take the reference path. Else, by kind: ``(0, topic, gap)`` (``gap`` the
+        :class:`~market.orderbook.BookGap` or ``None`` when applied), ``(1, topic,``
+        :class:`TickerFields` ``)``, ``(2, topic, ts, symbol, trades)`` (the trades as the JSON
+        array clients get, ``"[]"`` for none). Only for topics in ``wanted`` (books: held)."""
         ...

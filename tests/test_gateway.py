@@ -458,8 +458,8 @@ def test_http_endpoints(gw):
     assert "connectionsByUser" not in user
     status, _, raw = http("GET", gw.http + "/api/version")
     assert status == 200 and json.loads(raw)["protocol"] == "trading.v1"
-    from market.bybit import FAST_BOOK
-    assert json.loads(raw)["compiled"] == {"bybitOrderBook": FAST_BOOK}
+    from market.bybit import COMPILED
+    assert json.loads(raw)["compiled"] == {"bybitFrames": COMPILED}
     status, headers, raw = http("GET", gw.http + "/metrics")
     assert status == 200
     from prometheus_client import CONTENT_TYPE_LATEST

@@ -79,8 +79,8 @@ def test_the_installed_command_serves_the_dashboard_and_health(installed: Path, 
         assert _get(f"{base}/dashboard/app.js")[0] == 200
         assert _get(f"{base}/livez")[0] == 200
         assert _get(f"{base}/readyz")[0] == 200
-        # The wheel carries the compiled order-book path (built by pip from market/_bybit_book.pyx).
-        assert json.loads(_get(f"{base}/api/version")[1])["compiled"] == {"bybitOrderBook": True}
+        # The wheel carries the compiled path (built by pip from market/_bybit_fast.pyx).
+        assert json.loads(_get(f"{base}/api/version")[1])["compiled"] == {"bybitFrames": True}
         # The demo key was kept where the command ran, not in site-packages.
         assert (tmp_path / ".demo" / "jwt_secret").is_file()
     finally:
