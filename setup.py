@@ -1,4 +1,4 @@
-"""The compiled part of the package: market/_bybit_fast.pyx, the Bybit order-book fast path.
+"""The compiled part of the package: market/_bybit_fast.pyx, the fast path for Bybit's common frames.
 
 Everything else is in setup.cfg. The extension is optional: without a C
 compiler the install still succeeds (setuptools warns) and the reference
