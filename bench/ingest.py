@@ -53,7 +53,7 @@ from typing import Any
 
 from bench.ingest_data import compare_top
 from bench.lgclient import Histogram
-from bench.procs import BENCH, PY, Gateway, JsonProc, call_all, cpu_seconds
+from bench.procs import BENCH, PY, Gateway, JsonProc, call_all, cpu_seconds, cpu_split
 from bench.profile import PySpy
 
 __all__ = ["PEERS", "Ingest", "add_arguments", "quick"]
@@ -219,7 +219,9 @@ class Ingest:
             if rate:
                 misses = 0 if row["sustained"] else misses + 1
             self.log(f"  gateway, {n} client(s), {'unpaced' if not rate else f'{rate:,}/s'}: "
-                     f"{row['exchange_per_s']:,} msg/s, {row['server_us_per_msg']} µs CPU/msg, p99 {row['p99_ms']} ms"
+                     f"{row['exchange_per_s']:,} msg/s, {row['server_us_per_msg']} µs CPU/msg "
+                     f"(system {row['server_system_share']}), cores: gateway {row['server_cpu_cores']} clients "
+                     f"{row['client_cpu_cores']} feed {row['feed_cpu_cores']}, p99 {row['p99_ms']} ms"
                      f" (wire {row['wire_p99_ms']}), drain {row['drain_s']} s, sustained {row['sustained']}")
         truth = feed.call({"cmd": "truth", "levels": a.ingest_levels,
                            "path": str(self.out_dir / f"ingest-truth-gateway-{n}.json")})
@@ -247,14 +249,15 @@ class Ingest:
         feed.call({"cmd": "rate", "rate": rate})
         time.sleep(a.ingest_warmup)
         call_all(clients, {"cmd": "hist_reset"})
-        f0, m0, c0, l0, t0 = (feed.call({"cmd": "stats"}), self._exchange_count(gw), cpu_seconds(gw.pid),
-                              self._clients_snap(clients), time.monotonic())
+        f0, m0, (u0, s0), l0, t0 = (feed.call({"cmd": "stats"}), self._exchange_count(gw), cpu_split(gw.pid),
+                                    self._clients_snap(clients), time.monotonic())
         outq = []
         while time.monotonic() - t0 < a.ingest_window:
             time.sleep(min(0.5, max(0.0, a.ingest_window - (time.monotonic() - t0))))
             outq.append(sum(c["kernel_outq"] + c["write_buffer"] for c in feed.call({"cmd": "stats"})["connections"]))
-        f1, m1, c1, l1, t1 = (feed.call({"cmd": "stats"}), self._exchange_count(gw), cpu_seconds(gw.pid),
-                              self._clients_snap(clients), time.monotonic())
+        f1, m1, (u1, s1), l1, t1 = (feed.call({"cmd": "stats"}), self._exchange_count(gw), cpu_split(gw.pid),
+                                    self._clients_snap(clients), time.monotonic())
+        c0, c1 = u0 + s0, u1 + s1
         hists = call_all(clients, {"cmd": "hist"})
         profile = None
         if getattr(a, "profile", False) and not rate:
@@ -282,6 +285,9 @@ class Ingest:
             "delivered_ratio": round(handled / dt / rate, 3) if rate else None,
             "server_cpu_cores": round((c1 - c0) / dt, 3),
             "server_us_per_msg": round((c1 - c0) / handled * 1e6, 1) if handled else None,
+            # the kernel's share of that (system time: mostly the sends to the clients, on loopback
+            # also the receiving side's TCP work)
+            "server_system_share": round((s1 - s0) / (c1 - c0), 3) if c1 > c0 else None,
             "client_msgs_per_s": round((l1["messages"] - l0["messages"]) / dt),
             "clients": n, "clients_open": l1["open"], "client_closes": l1["closes"],
             "client_cpu_cores": round((l1["cpu"] - l0["cpu"]) / dt, 3),
