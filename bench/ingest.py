@@ -262,8 +262,10 @@ class Ingest:
         profile = None
         if getattr(a, "profile", False) and not rate:
             # --profile: py-spy on the saturated path, in a window after the measured one (blocking
-            # samples: consistent stacks; the pauses would have skewed the measured window)
-            prof = PySpy(gw.pid, self.out_dir / f"profile-f_ingest_{n}", a.profile_seconds, 100, blocking=True)
+            # samples: consistent stacks; the pauses would have skewed the measured window; native
+            # frames: the compiled path's functions)
+            prof = PySpy(gw.pid, self.out_dir / f"profile-f_ingest_{n}", a.profile_seconds, 100, blocking=True,
+                         native=True)  # (the compiled path's own functions, not only its Python caller)
             profile = prof.finish()
         paused = feed.call({"cmd": "pause"})
         drain = self.drain(gw, clients)

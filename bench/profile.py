@@ -70,7 +70,9 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
 
 
 class PySpy:
-    def __init__(self, pid: int, prefix: Path, seconds: float, rate: int = 200, *, blocking: bool = False) -> None:
+    def __init__(self, pid: int, prefix: Path, seconds: float, rate: int = 200, *, blocking: bool = False,
+                 native: bool = False) -> None:
+        """``native``: C frames too (compiled modules' own functions, e.g. market/_bybit_fast)."""
         self.path = prefix.with_suffix(".collapsed.txt")
         self.proc: subprocess.Popen[str] | None = None
         exe = _py_spy()
@@ -78,7 +80,8 @@ class PySpy:
         if exe:
             self.proc = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-                 *(() if blocking else ("--nonblocking",)), "--format", "raw", "-o", str(self.path)],
+                 *(() if blocking else ("--nonblocking",)), *(("--native",) if native else ()),
+                 "--format", "raw", "-o", str(self.path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def finish(self) -> dict[str, Any]:

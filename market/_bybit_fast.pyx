@@ -103,6 +103,15 @@ cdef inline Py_ssize_t _string(Frame *f, Py_ssize_t *length) noexcept:
     return -1
 
 
+cdef inline bint _string_once(Frame *f, Py_ssize_t *at, Py_ssize_t *length) noexcept:
+    """A key's string value into ``at``/``length``; False if the key came before (declined) or it
+    is no string :func:`_string` takes."""
+    if at[0] >= 0:
+        return False
+    at[0] = _string(f, length)
+    return at[0] >= 0
+
+
 cdef inline bint _int(Frame *f, long long *out) noexcept:
     """A non-negative JSON integer of at most 18 digits (no sign, no fraction, no exponent)."""
     cdef Py_ssize_t start
@@ -428,10 +437,7 @@ cdef bint _book_data(Frame *f, Book *b) noexcept:
         if at < 0 or not _eat(f, 58):
             return False
         if _key_is(f.p, at, n, b"s", 1):
-            if b.symbol >= 0:
-                return False
-            b.symbol = _string(f, &b.symbol_len)
-            if b.symbol < 0:
+            if not _string_once(f, &b.symbol, &b.symbol_len):
                 return False
         elif _key_is(f.p, at, n, b"b", 1):
             if b.bids_end >= 0 or b.asks_start >= 0:
@@ -582,10 +588,7 @@ cdef bint _ticker_data(Frame *f, Ticker *t) noexcept:
             t.at[index] = value
             t.length[index] = value_len
         elif _key_is(f.p, at, n, b"symbol", 6):
-            if t.symbol >= 0:
-                return False
-            t.symbol = _string(f, &t.symbol_len)
-            if t.symbol < 0:
+            if not _string_once(f, &t.symbol, &t.symbol_len):
                 return False
         elif _key_is(f.p, at, n, b"nextFundingTime", 15):
             if t.funding:
@@ -689,10 +692,8 @@ cdef Py_ssize_t _trade_data(Frame *f) noexcept:
                             return -1
                         t.has_ts = True
                     elif c == 115:  # s
-                        if t.symbol >= 0:
-                            return -1
-                        t.symbol = _string(f, &t.symbol_len)
-                        if t.symbol < 0 or not _symbol(f.p, t.symbol, t.symbol_len):
+                        if not _string_once(f, &t.symbol, &t.symbol_len) or not _symbol(f.p, t.symbol,
+                                                                                         t.symbol_len):
                             return -1
                     elif c == 83:  # S
                         if t.side:
@@ -705,22 +706,14 @@ cdef Py_ssize_t _trade_data(Frame *f) noexcept:
                         else:
                             return -1
                     elif c == 118:  # v
-                        if t.size >= 0:
-                            return -1
-                        t.size = _string(f, &t.size_len)
-                        if t.size < 0 or _decimal(f.p, t.size, t.size_len) == 0:
+                        if not _string_once(f, &t.size, &t.size_len) or _decimal(f.p, t.size, t.size_len) == 0:
                             return -1
                     elif c == 112:  # p
-                        if t.price >= 0:
-                            return -1
-                        t.price = _string(f, &t.price_len)
-                        if t.price < 0 or _decimal(f.p, t.price, t.price_len) != 1:
+                        if not _string_once(f, &t.price, &t.price_len) or _decimal(f.p, t.price,
+                                                                                     t.price_len) != 1:
                             return -1
                     elif c == 105:  # i
-                        if t.id >= 0:
-                            return -1
-                        t.id = _string(f, &t.id_len)
-                        if t.id < 0 or t.id_len == 0:
+                        if not _string_once(f, &t.id, &t.id_len) or t.id_len == 0:
                             return -1
                     elif not _skip(f, 2):
                         return -1
@@ -861,10 +854,7 @@ def decode_frame(bytes frame, dict books, wanted, str category):
         if at < 0 or not _eat(f, 58):  # :
             return None
         if _key_is(p, at, n, b"topic", 5):
-            if topic_at >= 0:
-                return None
-            topic_at = _string(f, &topic_len)
-            if topic_at < 0:
+            if not _string_once(f, &topic_at, &topic_len):
                 return None
             if topic_len > 10 and memcmp(p + topic_at, b"orderbook.", 10) == 0:
                 kind = BOOK

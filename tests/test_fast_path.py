@@ -108,6 +108,21 @@ def encode(obj: dict[str, object], rng: random.Random, spaced: bool, keep_order:
     return ("{" + ",".join(f"{k}:{v}" for k, v in texts) + "}").encode()
 
 
+def changed_bytes(draw: st.DrawFn, frame: bytes) -> bytes:
+    raw = bytearray(frame)
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(raw) - 1))
+        op = draw(st.integers(0, 2))
+        byte = draw(st.sampled_from(b'0159.-",[]{}:e \\\x00\xc3\xa9xtn'))
+        if op == 0:
+            raw[at] = byte
+        elif op == 1:
+            raw.insert(at, byte)
+        else:
+            del raw[at]
+    return bytes(raw)
+
+
 GOOD_SIZES = SIZES[:8]
 
 
@@ -157,20 +172,7 @@ def frames(draw: st.DrawFn) -> tuple[bytes, OrderBook]:
     if not clean and draw(st.integers(0, 3)) == 0:
         outer[draw(st.sampled_from(["id", "cs", "topic"]))] = 3
     frame = encode(outer, rng, spaced, keep_order=clean and draw(st.integers(0, 3)) > 0)  # (topic first)
-    if mode == "bytes":
-        raw = bytearray(frame)
-        for _ in range(draw(st.integers(1, 3))):
-            at = draw(st.integers(0, len(raw) - 1))
-            op = draw(st.integers(0, 2))
-            byte = draw(st.sampled_from(b'0159.-",[]{}:e \\\x00\xc3\xa9x'))
-            if op == 0:
-                raw[at] = byte
-            elif op == 1:
-                raw.insert(at, byte)
-            else:
-                del raw[at]
-        frame = bytes(raw)
-    return frame, book
+    return (changed_bytes(draw, frame) if mode == "bytes" else frame), book
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -266,21 +268,6 @@ def reference_data(frame: bytes, category: str) -> tuple[object, ...] | str:
     if isinstance(update, TradeItems):
         return 2, event.topic, event.ts, update.symbol, orjson.dumps(update.trades).decode()
     return f"other: {type(update).__name__}"
-
-
-def changed_bytes(draw: st.DrawFn, frame: bytes) -> bytes:
-    raw = bytearray(frame)
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(raw) - 1))
-        op = draw(st.integers(0, 2))
-        byte = draw(st.sampled_from(b'0159.-",[]{}:e \\\x00\xc3\xa9xtn'))
-        if op == 0:
-            raw[at] = byte
-        elif op == 1:
-            raw.insert(at, byte)
-        else:
-            del raw[at]
-    return bytes(raw)
 
 
 @st.composite
