@@ -379,35 +379,33 @@ cdef inline bint _word(Frame *f, const char *word, Py_ssize_t n) noexcept:
     return False
 
 
+cdef inline Py_ssize_t _digits(Frame *f) noexcept:
+    """Skip ``[0-9]*``: how many."""
+    cdef Py_ssize_t start = f.i
+    while f.i < f.n and 48 <= f.p[f.i] <= 57:
+        f.i += 1
+    return f.i - start
+
+
 cdef bint _number(Frame *f) noexcept:
-    """A JSON number: ``-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?``."""
-    cdef Py_ssize_t start
+    """A JSON number: ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?``."""
     if f.i < f.n and f.p[f.i] == 45:
         f.i += 1
     if f.i >= f.n:
         return False
     if f.p[f.i] == 48:
         f.i += 1
-    elif 49 <= f.p[f.i] <= 57:
-        while f.i < f.n and 48 <= f.p[f.i] <= 57:
-            f.i += 1
-    else:
+    elif not (49 <= f.p[f.i] <= 57) or not _digits(f):
         return False
     if f.i < f.n and f.p[f.i] == 46:
         f.i += 1
-        start = f.i
-        while f.i < f.n and 48 <= f.p[f.i] <= 57:
-            f.i += 1
-        if f.i == start:
+        if not _digits(f):
             return False
     if f.i < f.n and (f.p[f.i] == 101 or f.p[f.i] == 69):
         f.i += 1
         if f.i < f.n and (f.p[f.i] == 43 or f.p[f.i] == 45):
             f.i += 1
-        start = f.i
-        while f.i < f.n and 48 <= f.p[f.i] <= 57:
-            f.i += 1
-        if f.i == start:
+        if not _digits(f):
             return False
     return True
 

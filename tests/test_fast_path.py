@@ -288,7 +288,8 @@ def ticker_frames(draw: st.DrawFn) -> bytes:
                                                                           "1.5", None, "x", 10**19, "1" * 19]))
     if draw(st.booleans()):  # keys Bybit sends that the gateway does not keep, or may add
         extra = {"usdIndexPrice": "2333.764", "openInterest": "1", "deliveryTime": "", "x": [1, {"a": None}],
-                 "y": -1.5e-3, "z": True, "w": {}, "v": [], "u": False, "t": 0}
+                 "y": -1.5e-3, "z": True, "w": {}, "v": [], "u": False, "t": 0,
+                 "r": "[1E+5,-2.5e-3,0.0,-0,10e2,[]]"}  # (numbers as JSON writes them, raw)
         for key in draw(st.lists(st.sampled_from(sorted(extra)), max_size=4, unique=True)):
             data[key] = orjson.dumps(extra[key]).decode() if key in "xvw" else extra[key]
     rng = random.Random(draw(st.integers(0, 2**32)))
