@@ -2,7 +2,7 @@
 
 Everything else is in setup.cfg. The extension is optional: without a C
 compiler the install still succeeds (setuptools warns) and the reference
-path in market/bybit.py does all the work (market.bybit.FAST_BOOK says which;
+path in market/bybit.py does all the work (market.bybit.COMPILED says which;
 docs/performance.md, (f), measures both). Cython is a build requirement
 (pyproject.toml), fetched by pip.
 """
